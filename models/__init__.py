@@ -1,0 +1,1 @@
+"""Network definitions: plain ``nn.Module`` classes with explicit constructor arguments."""

@@ -1,0 +1,54 @@
+"""Class activation maps and localization maps of the stage-1 classifier (reference §2.8, §3)."""
+
+import torch
+import torch.nn.functional as F
+
+LOCALIZATION_SCALES = (256, 320, 384)
+LOCALIZATION_SIZE = 320
+
+
+def normalized_cam(class_maps, classes, size):
+    """ReLU, bilinear (align_corners=True) to ``size``, divide each channel by its max + 1e-5, keep the
+    image's classes only. ``class_maps``: (B, C, h, w); ``classes``: (B, C) multi-hot."""
+    cam = F.interpolate(torch.relu(class_maps), size=size, mode="bilinear", align_corners=True)
+    cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + 1e-5)
+    return cam * classes[:, :, None, None]
+
+
+@torch.no_grad()
+def multiscale_cam(model, images, classes, scales=LOCALIZATION_SCALES, size=None):
+    """Element-wise max over scales of the CAMs of ``images`` resized to each s x s (bilinear,
+    align_corners=False), all brought to ``size`` (default: the input's H, W). No flip, as the original."""
+    size = tuple(size or images.shape[-2:])
+    combined = torch.zeros(images.shape[0], classes.shape[1], *size, device=images.device)
+    for scale in scales:
+        scaled = F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False)
+        combined = torch.maximum(combined, normalized_cam(model.class_maps(scaled), classes, size))
+    return combined
+
+
+def quantize_maps(maps):
+    """The stored form: uint8 of maps x 255, truncated as ``np.uint8`` does."""
+    return (maps * 255).clamp(0, 255).to(torch.uint8)
+
+
+def write_localization_maps(model, loader, out_dir, device, scales=LOCALIZATION_SCALES, progress=True):
+    """Save ``<id>.npy`` (uint8, (20, S, S)) for every image of ``loader``; existing files are skipped by the
+    caller's list. Returns the number written."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from utils.io import save_npy
+
+    out_dir = Path(out_dir)
+    written = 0
+    model.eval()
+    for batch in tqdm(loader, desc="localization maps", unit="batch", disable=not progress):
+        images = batch["image"].to(device)
+        classes = batch["classes"].to(device)
+        maps = quantize_maps(multiscale_cam(model, images, classes, scales=scales)).cpu().numpy()
+        for image_id, array in zip(batch["id"], maps):
+            save_npy(out_dir / f"{image_id}.npy", array)
+            written += 1
+    return written

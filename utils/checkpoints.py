@@ -1,0 +1,178 @@
+"""Checkpoints: our own format and the original (released) DRS formats (reference §2.8, §2.9, §10).
+
+Our format is a dict of plain Python types and tensors, loadable with ``torch.load(weights_only=True)``::
+
+    {"format": "drs-reimpl-1", "kind": "classifier", "model": state_dict, "model_args": {...},
+     "optimizer": ..., "epoch": int, "config": {...}, "metrics": {...}}
+
+The released files are ``{"model", "optimizer", "epoch", "iter", "miou": numpy.float64}`` with every backbone
+conv stored twice (``features.N.*`` and ``layerX_convY.*``) and the DRS gates under ``layerX_reluY.fc.0.weight``.
+They are read with ``weights_only=True`` too: only numpy's scalar and dtype globals are allow-listed.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.vgg import BLOCK_NAMES, CONV_INDICES
+from utils.io import atomic_write
+
+FORMAT_TAG = "drs-reimpl-1"
+
+_NUMPY_SCALAR_GLOBALS = [
+    np._core.multiarray.scalar,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),  # files pickled under numpy 1.x
+    np.dtype,
+    type(np.dtype(np.float64)),
+]
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or of the wrong kind; the message names the file."""
+
+
+def load_file(path):
+    """``torch.load`` with ``weights_only=True`` that also accepts the numpy scalars of the released files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+
+
+def save(path, *, kind, model, model_args, optimizer=None, epoch=0, config=None, metrics=None, extra=None):
+    """Write a checkpoint in our format, atomically (an interrupted save keeps the previous file)."""
+    state = {
+        "format": FORMAT_TAG,
+        "kind": kind,
+        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
+        "model_args": dict(model_args),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+        "config": config or {},
+        "metrics": {k: float(v) for k, v in (metrics or {}).items()},
+    }
+    state.update(extra or {})
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def unwrap(model):
+    """The bare module inside DDP / DataParallel wrappers."""
+    return model.module if hasattr(model, "module") else model
+
+
+def is_ours(checkpoint):
+    return isinstance(checkpoint, dict) and checkpoint.get("format") == FORMAT_TAG
+
+
+# --- the original VGG-16 key names -------------------------------------------------------------------------
+
+def _relu_name(conv_name):
+    return conv_name.replace("_conv", "_relu")
+
+
+def released_vgg_to_ours(state, path="checkpoint"):
+    """Map an original VGG state dict (classifier or refinement net) to our key names.
+
+    ``features.N.*`` becomes ``backbone.features.N.*``; the ``layerX_convY.*`` aliases are dropped after
+    checking that they hold the same values; ``layerX_reluY.fc.0.weight`` (DRS gates) becomes
+    ``backbone.features.{N+1}.fc.0.weight``; ``extra_*`` keys keep their names.
+    """
+    ours = {}
+    for index, alias in zip(CONV_INDICES, BLOCK_NAMES):
+        for param in ("weight", "bias"):
+            key = f"features.{index}.{param}"
+            if key not in state:
+                raise CheckpointError(f"{path}: key {key} missing; not an original DRS VGG-16 checkpoint")
+            alias_key = f"{alias}.{param}"
+            if alias_key in state and not torch.equal(state[alias_key], state[key]):
+                raise CheckpointError(f"{path}: {alias_key} differs from {key}; the two names must share weights")
+            ours[f"backbone.{key}"] = state[key]
+        gate = f"{_relu_name(alias)}.fc.0.weight"
+        if gate in state:
+            ours[f"backbone.features.{index + 1}.fc.0.weight"] = state[gate]
+    known = {f"features.{i}.{p}" for i in CONV_INDICES for p in ("weight", "bias")}
+    known |= {f"{a}.{p}" for a in BLOCK_NAMES for p in ("weight", "bias")}
+    known |= {f"{_relu_name(a)}.fc.0.weight" for a in BLOCK_NAMES}
+    for key, value in state.items():
+        if key not in known:
+            ours[key] = value
+    return ours
+
+
+def ours_to_released_vgg(state):
+    """The inverse of :func:`released_vgg_to_ours`: key names (and aliases) of the original code."""
+    released = {}
+    index_to_alias = dict(zip(CONV_INDICES, BLOCK_NAMES))
+    for key, value in state.items():
+        if key.startswith("backbone.features."):
+            index, rest = key[len("backbone.features."):].split(".", 1)
+            index = int(index)
+            if rest == "fc.0.weight":
+                released[f"{_relu_name(index_to_alias[index - 1])}.fc.0.weight"] = value
+            else:
+                released[f"features.{index}.{rest}"] = value
+                released[f"{index_to_alias[index]}.{rest}"] = value
+        else:
+            released[key] = value
+    return released
+
+
+def load_released_vgg(path):
+    """``(state_in_our_names, info)`` from an original DRS / refinement checkpoint file."""
+    checkpoint = load_file(path)
+    if is_ours(checkpoint):
+        raise CheckpointError(f"{path} is in this project's format, not the original one")
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "features.0.weight" not in state:
+        raise CheckpointError(f"{path}: no 'model' state dict with features.0.weight; not an original DRS checkpoint")
+    return released_vgg_to_ours(state, path), {k: checkpoint[k] for k in ("epoch", "iter", "miou") if k in checkpoint}
+
+
+def vgg_width(state):
+    """The width multiplier of a VGG state dict in our names (64 first-conv filters = 1.0)."""
+    return state["backbone.features.0.weight"].shape[0] / 64.0
+
+
+def load_classifier(path, delta=None, map_location="cpu"):
+    """Build a :class:`DRSClassifier` from our checkpoint or an original one; returns ``(model, model_args)``.
+
+    For an original checkpoint the DRS variant is read from the keys: gates present → learnable; no gates →
+    a fixed-delta network, whose delta is not stored in the file and must be given.
+    """
+    from models.classifier import DRSClassifier
+
+    checkpoint = load_file(path)
+    if is_ours(checkpoint):
+        if checkpoint["kind"] != "classifier":
+            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not a stage-1 classifier")
+        args = dict(checkpoint["model_args"])
+        state = checkpoint["model"]
+        if delta is not None:
+            args["drs"] = delta
+    else:
+        state, _ = load_released_vgg(path)
+        has_gates = any(k.endswith(".fc.0.weight") for k in state)
+        if "extra_conv4.weight" not in state:
+            raise CheckpointError(f"{path}: no extra_conv4 (class conv); not a DRS classifier checkpoint")
+        if has_gates:
+            drs = "learnable"
+        elif delta is not None:
+            drs = float(delta)
+        else:
+            raise CheckpointError(
+                f"{path} is a fixed-delta DRS checkpoint (no gate weights); its delta is not stored: pass --delta"
+            )
+        args = {"num_classes": state["extra_conv4.weight"].shape[0], "drs": drs, "width": vgg_width(state)}
+    args["pretrained"] = False
+    args.pop("pretrained_path", None)
+    model = DRSClassifier(**args)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not fit the classifier {args}: {str(error).splitlines()[0]}") from None
+    return model.to(map_location), args

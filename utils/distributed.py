@@ -1,0 +1,50 @@
+"""Device choice and torchrun / DDP set-up shared by every training and inference script."""
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def resolve_device(name=None):
+    """``"auto"``/None → CUDA when available, else CPU; otherwise the device named."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name} requested but CUDA is not available")
+    return device
+
+
+class Runtime:
+    """Process-group facts: rank, world size, device. Works unchanged under ``torchrun`` and without it."""
+
+    def __init__(self, device=None):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.distributed = self.world_size > 1
+        base = resolve_device(device)
+        if base.type == "cuda":
+            base = torch.device("cuda", self.local_rank if self.distributed else (base.index or 0))
+            torch.cuda.set_device(base)
+        self.device = base
+        if self.distributed and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if base.type == "cuda" else "gloo")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, tensor):
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def close(self):
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
