@@ -59,7 +59,7 @@ class DRSClassifier(nn.Module):
         """Image-level logits (B, C): global average of the class maps."""
         return self.class_maps(x).mean(dim=(2, 3))
 
-    def parameter_groups(self, lr):
+    def parameter_groups(self, lr, multipliers=(1, 2, 10, 20)):
         """The original's four SGD groups (reference §2.7): backbone weights x1, backbone biases x2,
         head weights and every DRS gate x10, head biases x20."""
         groups = [[], [], [], []]
@@ -67,4 +67,4 @@ class DRSClassifier(nn.Module):
             in_head = name.startswith("extra_") or ".fc." in name
             is_weight = name.endswith("weight")
             groups[2 * in_head + (not is_weight)].append(param)
-        return [{"params": params, "lr": lr * mult} for params, mult in zip(groups, (1, 2, 10, 20))]
+        return [{"params": params, "lr": lr * mult} for params, mult in zip(groups, multipliers)]

@@ -52,3 +52,10 @@ def write_localization_maps(model, loader, out_dir, device, scales=LOCALIZATION_
             save_npy(out_dir / f"{image_id}.npy", array)
             written += 1
     return written
+
+
+def cam_pseudo_label(cams, background, alpha=0.2):
+    """The original's quick pseudo label (reference §2.8, §3.3): CAM values below ``alpha`` are dropped,
+    ``background`` (B, H, W) is the 0-th score, argmax over 21 channels (ties go to the lower index)."""
+    scores = torch.cat([background[:, None].to(cams.dtype), cams * (cams >= alpha)], dim=1)
+    return scores.argmax(dim=1)

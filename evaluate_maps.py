@@ -1,0 +1,131 @@
+"""Score localization maps against the GT on a list (reference §3.3 and the saliency-free CAM protocol).
+
+From stored maps (uint8 ``<id>.npy``, as make_localization_maps.py writes them)::
+
+    python evaluate_maps.py --voc-root VOC2012 --list VOC2012/lists/train_cls.txt --maps VOC2012/localization_maps \
+        --out results/maps
+
+or straight from a classifier checkpoint (maps computed at the original image size, as test_cls.py did; this
+also reports the classification mAP)::
+
+    python evaluate_maps.py --voc-root VOC2012 --list ... --checkpoint best.pth --out results/maps
+
+Writes ``scores.json`` and ``scores.md`` (per-class IoU, both protocols) to ``--out``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from utils import checkpoints, voc
+from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam
+from utils.distributed import resolve_device
+from utils.evaluation import MapEvaluator, average_precision
+from utils.io import atomic_write, save_json
+from utils.metrics import markdown_table
+from utils.transforms import test_transform
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voc-root", required=True)
+    parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--maps", help="folder of stored uint8 <id>.npy maps")
+    source.add_argument("--checkpoint", help="classifier checkpoint (ours or the released format)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--name", default=None, help="title for the tables (default: the maps/checkpoint name)")
+    parser.add_argument("--alpha", type=float, default=0.2)
+    parser.add_argument("--delta", type=float, default=None, help="fixed-delta DRS value (original checkpoints)")
+    parser.add_argument("--size", type=int, default=LOCALIZATION_SIZE, help="test size for --checkpoint")
+    parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--num-workers", type=int, default=2)
+    return parser.parse_args(argv)
+
+
+def stored_maps(maps_dir, image_id, size):
+    path = Path(maps_dir) / f"{image_id}.npy"
+    if not path.is_file():
+        raise voc.DataError(f"missing localization map: {path}")
+    maps = np.load(path)
+    if maps.ndim != 3 or maps.shape[0] != voc.NUM_CLASSES:
+        raise voc.DataError(f"localization map {path} has shape {maps.shape}; expected ({voc.NUM_CLASSES}, S, S)")
+    maps = torch.from_numpy(maps.astype(np.float32) / 255.0)[None]
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[0]
+
+
+def evaluate(args):
+    root = Path(args.voc_root)
+    entries = voc.read_list(args.list, voc_root=root)
+    masks = ["label"] + [m for m in ("saliency", "parts") if (root / voc.MASK_FOLDERS[m]).is_dir()]
+    dataset = voc.VOCDataset(root, entries, test_transform(args.size, resize_masks=False), masks=masks)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=args.num_workers, collate_fn=voc.collate)
+    evaluator = MapEvaluator(alpha=args.alpha)
+    model, device, logits, targets = None, None, [], []
+    if args.checkpoint:
+        device = resolve_device(args.device)
+        model, _ = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
+        model.eval()
+    for batch in tqdm(loader, desc="evaluating maps", unit="image"):
+        image_id, size = batch["id"][0], batch["size"][0]
+        classes = batch["classes"]
+        if model is None:
+            maps = stored_maps(args.maps, image_id, size)
+        else:
+            images = batch["image"].to(device)
+            with torch.no_grad():
+                logits.append(model(images).cpu())
+                maps = multiscale_cam(model, images, classes.to(device), args.scales, size=size)[0].cpu()
+            targets.append(classes)
+        evaluator.add(maps, classes[0].numpy(), batch["label"][0].numpy(),
+                      saliency=batch["saliency"][0].numpy() if "saliency" in batch else None,
+                      parts=batch["parts"][0].numpy() if "parts" in batch else None)
+    results = {"source": args.maps or args.checkpoint, "list": args.list, "images": len(entries),
+               "alpha": args.alpha, **evaluator.results()}
+    if logits:
+        per_class, mean_ap = average_precision(torch.cat(logits).numpy(), torch.cat(targets).numpy())
+        results["classification"] = {"mAP": mean_ap, "class_AP": per_class}
+    return results
+
+
+def write_report(results, out_dir, name):
+    out_dir = Path(out_dir)
+    save_json(out_dir / "scores.json", results)
+    tables = {}
+    if "drs_protocol" in results:
+        tables[f"{name}: α={results['alpha']}, saliency bg"] = results["drs_protocol"]
+    tables[f"{name}: bg threshold {results['cam_protocol']['best_threshold']:.2f}"] = results["cam_protocol"]
+    lines = [f"# Localization maps: {name}", "", f"{results['images']} images of {results['list']}", "",
+             markdown_table(tables)]
+    if "classification" in results:
+        lines += [f"Classification mAP: {100 * results['classification']['mAP']:.1f}", ""]
+    if "regions" in results:
+        r = results["regions"]
+        lines += [f"Mean map value: part {r['part']:.3f}, body {r['body']:.3f}, background {r['background']:.3f}, "
+                  f"body/part {r['body_part_ratio']:.3f}", ""]
+    atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        results = evaluate(args)
+    except (voc.DataError, checkpoints.CheckpointError) as error:
+        sys.exit(f"error: {error}")
+    name = args.name or Path(args.maps or args.checkpoint).name
+    write_report(results, args.out, name)
+    summary = f"{name}: CAM-protocol mIoU {100 * results['cam_protocol']['mean_iou']:.1f}"
+    if "drs_protocol" in results:
+        summary += f", DRS-protocol mIoU {100 * results['drs_protocol']['mean_iou']:.1f}"
+    print(summary + f" -> {Path(args.out) / 'scores.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

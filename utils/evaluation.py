@@ -1,0 +1,100 @@
+"""Evaluation of classifiers and localization maps (reference §2.8, §3.3; DRS protocol and CAM protocol)."""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.cam import cam_pseudo_label, normalized_cam
+from utils.metrics import ConfusionMatrix
+from utils.voc import SALIENCY_THRESHOLD
+
+CAM_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(13))  # 0.00 .. 0.60
+
+
+def average_precision(scores, targets):
+    """Per-class average precision (mean of precision at each positive's rank) and their mean over classes
+    that have positives. ``scores``, ``targets``: (N, C)."""
+    scores, targets = np.asarray(scores, dtype=np.float64), np.asarray(targets) > 0.5
+    per_class = []
+    for c in range(scores.shape[1]):
+        if not targets[:, c].any():
+            per_class.append(float("nan"))
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = targets[order, c]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        per_class.append(float(precision[hits].mean()))
+    return per_class, float(np.nanmean(per_class))
+
+
+@torch.no_grad()
+def validate_classifier(model, loader, device, alpha=0.2):
+    """Per-epoch validation of stage 1 (reference §2.8): loss, exact-match accuracy and the mIoU of the
+    CAM pseudo labels (alpha, saliency background) against the GT, all at the test size."""
+    model.eval()
+    matrix = ConfusionMatrix()
+    loss_sum, exact, count = 0.0, 0, 0
+    for batch in loader:
+        images, classes = batch["image"].to(device), batch["classes"].to(device)
+        maps = model.class_maps(images)
+        logits = maps.mean(dim=(2, 3))
+        loss_sum += F.multilabel_soft_margin_loss(logits, classes, reduction="sum").item()
+        exact += int(((torch.sigmoid(logits) >= 0.5) == (classes > 0.5)).all(dim=1).sum())
+        count += len(images)
+        cams = normalized_cam(maps, classes, images.shape[-2:])
+        background = 1.0 - (batch["saliency"].to(device) > SALIENCY_THRESHOLD).float()
+        preds = cam_pseudo_label(cams, background, alpha).cpu().numpy()
+        for gt, pred in zip(batch["label"].numpy(), preds):
+            matrix.update(gt, pred)
+    scores = matrix.scores()
+    return {"loss": loss_sum / max(count, 1), "accuracy": exact / max(count, 1), "miou": scores["mean_iou"]}
+
+
+class MapEvaluator:
+    """Scores (20, H, W) localization maps in [0, 1] against GT label maps of the same size.
+
+    * DRS protocol: maps < alpha dropped, background = 1 - binarised saliency, argmax.
+    * CAM protocol: no saliency; background = a fixed threshold t, swept over ``thresholds``.
+    * Optional part masks (0 background, 1 body, 2 part; the demo dataset has them): mean map value of the
+      image's own classes on each region.
+    """
+
+    def __init__(self, alpha=0.2, thresholds=CAM_THRESHOLDS):
+        self.alpha = alpha
+        self.thresholds = tuple(thresholds)
+        self.drs = ConfusionMatrix()
+        self.cam = {t: ConfusionMatrix() for t in self.thresholds}
+        self.region_sum = np.zeros(3)
+        self.region_count = np.zeros(3)
+
+    def add(self, maps, classes, gt, saliency=None, parts=None):
+        maps = torch.as_tensor(maps, dtype=torch.float32)[None]
+        if saliency is not None:
+            background = 1.0 - (torch.as_tensor(np.asarray(saliency)) > SALIENCY_THRESHOLD).float()
+            self.drs.update(gt, cam_pseudo_label(maps, background[None], self.alpha)[0].numpy())
+        peak = maps[0].max(dim=0).values  # the best class score at each pixel
+        fg = maps[0].argmax(dim=0) + 1
+        for t in self.thresholds:
+            self.cam[t].update(gt, torch.where(peak > t, fg, torch.zeros_like(fg)).numpy())
+        if parts is not None:
+            present = np.flatnonzero(np.asarray(classes) > 0.5)
+            if len(present):
+                own = maps[0, present].numpy()  # (k, H, W): the image's classes
+                parts = np.asarray(parts)
+                for region in range(3):
+                    mask = parts == region
+                    self.region_sum[region] += own[:, mask].sum()
+                    self.region_count[region] += mask.sum() * len(present)
+
+    def results(self):
+        out = {}
+        if self.drs.hist.sum():
+            out["drs_protocol"] = self.drs.scores()
+        sweep = {f"{t:.2f}": self.cam[t].scores()["mean_iou"] for t in self.thresholds}
+        best = max(sweep, key=sweep.get)
+        out["cam_protocol"] = {"best_threshold": float(best), "sweep": sweep, **self.cam[float(best)].scores()}
+        if self.region_count.any():
+            means = self.region_sum / np.maximum(self.region_count, 1)
+            out["regions"] = {"background": means[0], "body": means[1], "part": means[2],
+                              "body_part_ratio": means[1] / max(means[2], 1e-12)}
+        return out
