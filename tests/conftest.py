@@ -1,0 +1,42 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY = REPO / "tests" / "fixtures" / "parity"
+sys.path.insert(0, str(REPO))
+
+
+def run_cli(*args, check=True):
+    """Run one of the project's command-line tools the way a user does, from the repository root."""
+    result = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def parity_weights(tmp_path_factory):
+    """``name -> path`` of checkpoints written by the parity fixtures' make_weights.py (seed 0)."""
+    out = tmp_path_factory.mktemp("parity_weights")
+    made = {}
+
+    def make(spec):
+        if spec not in made:
+            path = out / f"{spec}.pth"
+            run_cli(PARITY / "make_weights.py", PARITY / "specs" / f"{spec}.json", path, "--seed", "0")
+            made[spec] = path
+        return made[spec]
+
+    return make
+
+
+@pytest.fixture()
+def parity_voc(tmp_path):
+    """A writable copy of the 6-image parity dataset (a VOC2012-style folder)."""
+    root = tmp_path / "VOC2012"
+    shutil.copytree(PARITY / "voc", root)
+    return root

@@ -1,0 +1,189 @@
+"""The synthetic demo dataset: layout, determinism, value ranges and label/part/class consistency."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils import demo_data
+from utils.demo_data import BODY, DEMO_CLASSES, PART, PART_DIR, generate
+from utils.io import voc_palette
+from utils.voc import (
+    GT_DIR,
+    IGNORE_LABEL,
+    IMAGE_DIR,
+    LIST_DIR,
+    SALIENCY_DIR,
+    SPLIT_DIR,
+    DataError,
+    labels_from_mask,
+    load_label,
+    read_ids,
+    read_list,
+)
+
+TINY = {"num_train_aug": 8, "num_train": 3, "num_val": 4, "size": 112}
+ALL_IDS = [f"demo_{index:05d}" for index in range(1, 13)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    meta = generate(root, seed=0, **TINY)
+    return root, meta
+
+
+def _files(root):
+    return {path.relative_to(root): path.read_bytes() for path in sorted(Path(root).rglob("*")) if path.is_file()}
+
+
+def _open(path):
+    with Image.open(path) as image:
+        image.load()
+    return image
+
+
+def _array(path):
+    return np.array(_open(path))
+
+
+def _images(root, image_id):
+    return (_open(root / IMAGE_DIR / f"{image_id}.jpg"), _open(root / GT_DIR / f"{image_id}.png"),
+            _open(root / SALIENCY_DIR / f"{image_id}.png"), _open(root / PART_DIR / f"{image_id}.png"))
+
+
+def test_layout_and_splits(tiny):
+    root, meta = tiny
+    for folder, suffix in demo_data.PER_IMAGE_FILES:
+        assert sorted(p.name for p in (root / folder).iterdir()) == [f"{i}{suffix}" for i in ALL_IDS]
+    train_aug, train, val = (read_ids(root / SPLIT_DIR / f"{name}.txt") for name in ("train_aug", "train", "val"))
+    assert train_aug == ALL_IDS[:8] and train == ALL_IDS[:3] and val == ALL_IDS[8:]
+    assert set(train) <= set(train_aug) and not set(val) & set(train_aug)
+    assert "synthetic" in (root / "README.txt").read_text().lower()
+    assert json.loads((root / "demo_meta.json").read_text()) == meta
+    assert meta["counts"] == {"train_aug": 8, "train": 3, "val": 4}
+    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 112
+    assert meta["class_names"] == ["aeroplane", "bird", "car", "cat", "dog", "person"]
+
+
+def test_file_formats_and_value_ranges(tiny):
+    root, _ = tiny
+    allowed_labels = {0, IGNORE_LABEL} | {c + 1 for c in DEMO_CLASSES}
+    for image_id in ALL_IDS:
+        image, label, saliency, parts = _images(root, image_id)
+        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (112, 112)
+        assert label.mode == "P" and label.getpalette()[:63] == voc_palette()[:63]
+        assert saliency.mode == "L" and parts.mode == "L"
+        assert label.size == saliency.size == parts.size == (112, 112)
+        assert set(np.unique(np.array(label)).tolist()) <= allowed_labels
+        assert set(np.unique(np.array(parts)).tolist()) <= {0, BODY, PART}
+        assert np.array(image).std() > 10  # textured, not flat
+
+
+def test_labels_parts_and_class_lists_agree(tiny):
+    root, meta = tiny
+    listed = dict(read_list(root / LIST_DIR / "train_aug_cls.txt") + read_list(root / LIST_DIR / "val_cls.txt"))
+    for image_id in ALL_IDS:
+        label = load_label(root / GT_DIR / f"{image_id}.png")
+        parts = _array(root / PART_DIR / f"{image_id}.png")
+        assert (label == 0).tolist() == (parts == 0).tolist()  # objects = body + part, both labelled
+        assert (parts == PART).any()
+        classes = labels_from_mask(label)
+        assert classes and set(classes) <= set(DEMO_CLASSES)
+        assert listed[image_id] == classes
+        # Each part pixel carries its object's class: the part sits inside one connected object.
+        part_classes = set(np.unique(label[parts == PART]).tolist()) - {IGNORE_LABEL}
+        assert part_classes <= {c + 1 for c in classes}
+    counted = sum(meta["images_per_class"]["train_aug"].values()) + sum(meta["images_per_class"]["val"].values())
+    assert counted == sum(len(listed[i]) for i in ALL_IDS)
+
+
+def test_ignore_band_is_a_thin_object_outline(tiny):
+    root, _ = tiny
+    for image_id in ALL_IDS:
+        label = load_label(root / GT_DIR / f"{image_id}.png")
+        parts = _array(root / PART_DIR / f"{image_id}.png")
+        band = label == IGNORE_LABEL
+        assert band.any()
+        assert (parts[band] != 0).all()  # the band lies on the objects' own edge pixels
+        # 1 px thick: every band pixel touches a pixel of another value (4-neighbourhood).
+        padded = np.pad(label, 1, mode="edge")
+        neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+        touches_other = np.any([(n != IGNORE_LABEL) for n in neighbours], axis=0)
+        assert touches_other[band].all()
+
+
+def test_objects_are_large_and_parts_small(tiny):
+    root, _ = tiny
+    for image_id in ALL_IDS:
+        parts = _array(root / PART_DIR / f"{image_id}.png")
+        rows, cols = np.nonzero(parts)
+        assert min(np.ptp(rows), np.ptp(cols)) + 1 >= 40  # at least 5 cells of a stride-8 feature map
+        part_fraction = (parts == PART).sum() / (parts > 0).sum()
+        assert 0.05 < part_fraction < 0.2
+
+
+def test_saliency_follows_objects(tiny):
+    root, _ = tiny
+    agreements = []
+    for image_id in ALL_IDS:
+        saliency = _array(root / SALIENCY_DIR / f"{image_id}.png").astype(float)
+        objects = _array(root / PART_DIR / f"{image_id}.png") > 0
+        agreements.append(saliency[objects].mean() > saliency[~objects].mean() + 100)
+    assert np.mean(agreements) >= 0.75  # a few objects are deliberately missed
+
+
+def test_same_seed_gives_identical_files(tiny, tmp_path):
+    root, _ = tiny
+    generate(tmp_path / "again", seed=0, **TINY)
+    assert _files(tmp_path / "again") == _files(root)
+    generate(tmp_path / "other", seed=1, **TINY)
+    other = _files(tmp_path / "other")
+    assert other[Path(IMAGE_DIR) / "demo_00001.jpg"] != _files(root)[Path(IMAGE_DIR) / "demo_00001.jpg"]
+
+
+def test_images_do_not_depend_on_dataset_size(tiny, tmp_path):
+    root, _ = tiny
+    generate(tmp_path, seed=0, num_train_aug=5, num_train=2, num_val=2, size=112)
+    for folder, suffix in demo_data.PER_IMAGE_FILES:
+        for image_id in ALL_IDS[:5]:
+            name = f"{image_id}{suffix}"
+            assert (tmp_path / folder / name).read_bytes() == (root / folder / name).read_bytes()
+
+
+def test_complete_dataset_is_skipped_and_changes_regenerate(tmp_path, capsys):
+    args = ["--out", str(tmp_path), "--num-train-aug", "4", "--num-train", "2", "--num-val", "2"]
+    demo_data.main(args)
+    assert "wrote 4 train_aug" in capsys.readouterr().out
+    stamp = (tmp_path / IMAGE_DIR / "demo_00001.jpg").stat().st_mtime_ns
+    demo_data.main(args)
+    assert "skipped" in capsys.readouterr().out
+    assert (tmp_path / IMAGE_DIR / "demo_00001.jpg").stat().st_mtime_ns == stamp
+
+    # A smaller set in the same folder removes the images it no longer has (derived lists would find them).
+    demo_data.main(["--out", str(tmp_path), "--num-train-aug", "3", "--num-train", "1", "--num-val", "1"])
+    assert "wrote 3 train_aug" in capsys.readouterr().out
+    assert sorted(p.stem for p in (tmp_path / GT_DIR).iterdir()) == ALL_IDS[:4]
+    assert len(read_ids(tmp_path / LIST_DIR / "train_aug_cls.txt")) == 3
+
+    demo_data.main(["--out", str(tmp_path), "--num-train-aug", "3", "--num-train", "1", "--num-val", "1", "--force"])
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_refuses_foreign_folders_and_bad_parameters(tmp_path):
+    (tmp_path / IMAGE_DIR).mkdir()
+    (tmp_path / IMAGE_DIR / "2007_000032.jpg").write_bytes(b"")
+    with pytest.raises(DataError, match="not a demo file"):
+        generate(tmp_path, num_train_aug=2, num_train=1, num_val=1)
+    with pytest.raises(ValueError, match="num_train"):
+        generate(tmp_path / "new", num_train_aug=2, num_train=3, num_val=1)
+    with pytest.raises(ValueError, match="size"):
+        generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, size=64)
+
+
+def test_class_plan_is_balanced():
+    plan = demo_data.class_plan(seed=0, split_key=0, count=60)
+    assert sorted(plan) == sorted(list(DEMO_CLASSES) * 10)
+    assert demo_data.class_plan(seed=0, split_key=0, count=12) == plan[:12]

@@ -1,0 +1,554 @@
+"""A small synthetic dataset in PASCAL VOC 2012 layout, for demos and tests that cannot download VOC.
+
+Design: the dataset is built to have the problem DRS addresses. A classifier trained on image-level labels
+looks at the most discriminative evidence only, so its class activation maps cover small object parts.
+Here every object is
+
+* a LARGE body: a wobbly, mottled ellipse (>= 40 px across, i.e. >= 5 cells of a stride-8 feature map) whose
+  colour and texture are drawn from ONE distribution shared by all classes, so the body alone says nothing
+  about the class, and
+* a SMALL discriminative part inside the body (10-15 % of the object area) with a class-specific colour AND
+  pattern (stripes, checker, dots, rings, cross, triangle), at a random position.
+
+A classifier can therefore reach high accuracy from the part alone, and its maps start on the part; the
+segmentation ground truth, however, is the whole object (body + part). Suppressing the part's activations
+(DRS) has to spread attention over the body to be useful, and ``PartMasks/`` records which pixels are body
+and which are part, so an evaluation can measure where activation maps sit.
+
+Backgrounds are cluttered (colour gradients, smooth noise, small flat distractor shapes and strokes that
+are neither body-like nor patterned). Saliency maps imitate an off-the-shelf salient-object detector:
+blurred, noisy object masks, with an object occasionally missed and a false salient blob now and then.
+
+Determinism: image ``k`` is rendered from its own seed sequence ``(seed, k)`` and the class of its first
+object comes from a balanced plan drawn in blocks, so a file depends only on the seed, its index and the
+image size, never on the order of generation or on how many images are made.
+
+Run ``python -m utils.demo_data --out DIR`` (see ``--help``); ``generate()`` is the Python entry point.
+"""
+
+import argparse
+import colorsys
+import functools
+import json
+import math
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from utils.io import atomic_write, save_json, save_label_png
+from utils.voc import (
+    CLASS_NAMES,
+    GT_DIR,
+    IGNORE_LABEL,
+    IMAGE_DIR,
+    LIST_DIR,
+    SALIENCY_DIR,
+    SPLIT_DIR,
+    DataError,
+    derive_cls_lists,
+)
+
+GENERATOR_VERSION = 1
+DEMO_CLASSES = (0, 2, 6, 7, 11, 14)  # 0-based VOC ids: aeroplane, bird, car, cat, dog, person
+PART_DIR = "PartMasks"
+BODY, PART = 1, 2
+META_NAME = "demo_meta.json"
+README_NAME = "README.txt"
+ID_PREFIX = "demo_"
+MIN_SIZE = 96
+JPEG_QUALITY = 95
+
+# Class-specific part look: pattern name, pattern colour, contrast colour.
+PART_STYLES = {
+    0: ("stripes", (230, 25, 25), (245, 245, 245)),
+    2: ("checker", (250, 215, 0), (20, 20, 20)),
+    6: ("dots", (30, 70, 240), (245, 245, 245)),
+    7: ("rings", (225, 0, 225), (20, 20, 20)),
+    11: ("cross", (0, 190, 40), (20, 20, 20)),
+    14: ("triangle", (0, 215, 215), (20, 20, 20)),
+}
+
+OBJECT_COUNT_PROBS = (0.7, 0.2, 0.1)  # 1, 2 or 3 objects per image
+SEMI_AXIS_SINGLE = (22.0, 28.0)  # px; with the wobble below every body stays >= 40 px across
+SEMI_AXIS_MULTI = (22.0, 25.0)  # smaller when several objects must share the image
+WOBBLE_MAX = 0.035  # amplitude of each of the two shape harmonics, relative to the radius
+PART_AREA_FRACTION = (0.10, 0.15)
+MAX_OVERLAP = 0.10  # a new object may cover at most this fraction of the smaller object
+PLACEMENT_TRIES = 40
+MISSED_OBJECT_PROB = 0.10
+FALSE_BLOB_PROB = 0.10
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Seeds and the class plan
+
+
+def image_ids(count, start=1):
+    return [f"{ID_PREFIX}{index:05d}" for index in range(start, start + count)]
+
+
+def _image_rng(seed, index):
+    """The generator for image ``index`` alone, so each image is independent of all the others."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, index)))
+
+
+def class_plan(seed, split_key, count):
+    """First-object classes for ``count`` images: shuffled blocks of all classes, so classes come out balanced.
+
+    Blocks are drawn one after another, so the first images of a split keep their classes when ``count`` grows.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0, split_key)))
+    blocks = -(-count // len(DEMO_CLASSES))
+    plan = [int(c) for _ in range(blocks) for c in rng.permutation(DEMO_CLASSES)]
+    return plan[:count]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small drawing helpers
+
+
+def _smooth_noise(rng, size, cells, channels=1):
+    """Zero-mean, unit-ish noise that varies over ``size / cells`` pixels (bicubic upsampling of a grid)."""
+    grid = rng.normal(size=(cells, cells, channels)).astype(np.float32)
+    field = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+    return field.reshape(size, size, channels)
+
+
+def _pixel_noise(rng, shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _hsv(h, s, v):
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32) * 255.0
+
+
+def _inner_edge(mask):
+    """The 1-px band of ``mask`` pixels that touch a pixel outside it (4-connectivity)."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    eroded = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return mask & ~eroded.astype(bool)
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size):
+    """Pixel x and y coordinates (shared and read-only, so cached)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    xx.flags.writeable = yy.flags.writeable = False
+    return xx, yy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Background
+
+
+def render_background(rng, size):
+    """Colour gradient + smooth colour noise + pixel noise, then a few small flat distractors."""
+    xx, yy = _grid(size)
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / size
+    ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
+    start, end = (_hsv(rng.uniform(), rng.uniform(0.1, 0.6), rng.uniform(0.3, 0.9)) for _ in range(2))
+    image = start + ramp[..., None] * (end - start)
+    image += 22.0 * _smooth_noise(rng, size, cells=int(rng.integers(3, 7)), channels=3)
+    image += 4.0 * _pixel_noise(rng, image.shape)
+    _draw_distractors(rng, image)
+    return image
+
+
+def _draw_distractors(rng, image):
+    """Strokes and small polygons: clutter that is not body-like (small, flat) and carries no part pattern."""
+    size = image.shape[0]
+    for _ in range(int(rng.integers(3, 8))):
+        colour = tuple(float(c) for c in _hsv(rng.uniform(), rng.uniform(0.0, 0.7), rng.uniform(0.2, 0.95)))
+        if rng.uniform() < 0.5:
+            points = rng.uniform(0, size, size=(int(rng.integers(2, 5)), 2)).astype(np.int32)
+            cv2.polylines(image, [points], False, colour, thickness=int(rng.integers(1, 4)))
+        else:
+            centre = rng.uniform(0, size, size=2)
+            radius = rng.uniform(4, 10)
+            angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(3, 6))))
+            points = centre + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+            cv2.fillPoly(image, [points.astype(np.int32)], colour)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Objects: geometry
+
+
+def sample_geometry(rng, size, semi_axis_range):
+    """Shape and placement of one object: body ellipse (wobbly) fully inside the image, part disc inside it."""
+    a, b = (float(x) for x in rng.uniform(*semi_axis_range, size=2))
+    reach = max(a, b) * (1 + 2 * WOBBLE_MAX)
+    centre = rng.uniform(reach + 1, size - reach - 2, size=2)
+    part_radius = float(np.sqrt(rng.uniform(*PART_AREA_FRACTION) * a * b))
+    # Keep the whole disc within the smallest radius the wobbly body can have.
+    max_offset = max(min(a, b) * (1 - 2 * WOBBLE_MAX) - part_radius - 1.0, 0.0)
+    offset = max_offset * np.sqrt(rng.uniform())  # uniform over the allowed disc
+    direction = rng.uniform(0, 2 * np.pi)
+    part_centre = centre + offset * np.array([np.cos(direction), np.sin(direction)])
+    # Plain Python floats keep the float32 pixel grids in float32 (NumPy scalars would promote to float64).
+    return {
+        "centre": tuple(float(x) for x in centre),
+        "axes": (a, b),
+        "angle": float(rng.uniform(0, np.pi)),
+        "wobble": tuple(float(x) for x in rng.uniform(0, WOBBLE_MAX, size=2)),
+        "wobble_phase": tuple(float(x) for x in rng.uniform(0, 2 * np.pi, size=2)),
+        "part_centre": tuple(float(x) for x in part_centre),
+        "part_radius": part_radius,
+        "part_angle": float(rng.uniform(0, np.pi)),
+    }
+
+
+def body_radius(geometry, size):
+    """Normalised radius of every pixel in the body's frame: <= 1 inside the (wobbly) body outline."""
+    xx, yy = _grid(size)
+    dx, dy = xx - geometry["centre"][0], yy - geometry["centre"][1]
+    cos, sin = math.cos(geometry["angle"]), math.sin(geometry["angle"])
+    u, v = (cos * dx + sin * dy) / geometry["axes"][0], (-sin * dx + cos * dy) / geometry["axes"][1]
+    theta = np.arctan2(v, u)
+    outline = 1.0
+    for order, amplitude, phase in zip((2, 3), geometry["wobble"], geometry["wobble_phase"], strict=True):
+        outline = outline + amplitude * np.sin(order * theta + phase)
+    return np.hypot(u, v) / outline
+
+
+def part_coordinates(geometry, size):
+    """Pixel offsets from the part centre in the part's own (rotated) frame."""
+    xx, yy = _grid(size)
+    dx, dy = xx - geometry["part_centre"][0], yy - geometry["part_centre"][1]
+    cos, sin = math.cos(geometry["part_angle"]), math.sin(geometry["part_angle"])
+    return cos * dx + sin * dy, -sin * dx + cos * dy
+
+
+def object_masks(geometry, size):
+    radius = body_radius(geometry, size)
+    body = radius <= 1.0
+    u, v = part_coordinates(geometry, size)
+    part = body & (np.hypot(u, v) <= geometry["part_radius"])
+    return body, part, radius
+
+
+def place_objects(rng, size, count):
+    """Up to ``count`` objects that overlap little and never hide an earlier object's part.
+
+    The first object is always placed; a later one that finds no room after a few tries is dropped.
+    """
+    semi_axes = SEMI_AXIS_SINGLE if count == 1 else SEMI_AXIS_MULTI
+    placed = []
+    union = np.zeros((size, size), bool)
+    parts = np.zeros((size, size), bool)
+    for index in range(count):
+        for _ in range(PLACEMENT_TRIES if index else 1):
+            geometry = sample_geometry(rng, size, semi_axes)
+            body, part, radius = object_masks(geometry, size)
+            if index == 0 or _fits(body, union, parts, placed):
+                placed.append((geometry, body, part, radius))
+                union |= body
+                parts |= part
+                break
+    return placed
+
+
+def _fits(body, union, parts, placed):
+    if (body & parts).any():
+        return False
+    smallest = min([int(body.sum())] + [int(other.sum()) for _, other, _, _ in placed])
+    return (body & union).sum() <= MAX_OVERLAP * smallest
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Objects: appearance
+
+
+def paint_body(rng, image, body, radius):
+    """Mottled, edge-shaded body; colour and texture come from one distribution for every class."""
+    size = image.shape[0]
+    colour = _hsv(rng.uniform(0.03, 0.12), rng.uniform(0.2, 0.55), rng.uniform(0.45, 0.8))
+    mottling = 1.0 + 0.12 * _smooth_noise(rng, size, cells=6) + 0.07 * _smooth_noise(rng, size, cells=size // 4)
+    shading = 1.0 - 0.3 * np.minimum(radius[body], 1.0) ** 3  # darker towards the rim, like a rounded object
+    pixels = colour * mottling[body] * shading[:, None] + 5.0 * _pixel_noise(rng, (int(body.sum()), 3))
+    pixels[_inner_edge(body)[body]] *= 0.6  # a darker outline separates the body from clutter
+    image[body] = pixels
+
+
+PATTERNS = {
+    "stripes": lambda u, v, r: np.floor(u / 3.0) % 2 == 0,
+    "checker": lambda u, v, r: (np.floor(u / 4.0) + np.floor(v / 4.0)) % 2 == 0,
+    "dots": lambda u, v, r: (np.mod(u, 5.0) - 2.5) ** 2 + (np.mod(v, 5.0) - 2.5) ** 2 <= 1.7**2,
+    "rings": lambda u, v, r: np.floor(np.hypot(u, v) / 2.5) % 2 == 0,
+    "cross": lambda u, v, r: (np.abs(u) <= 0.22 * r) | (np.abs(v) <= 0.22 * r),
+    "triangle": lambda u, v, r: _inside_triangle(u, v, 0.45 * r),
+}
+REPEATING_PATTERNS = ("stripes", "checker", "dots")
+
+
+def _inside_triangle(u, v, inradius):
+    """Equilateral triangle centred on the origin: inside all three edge half-planes."""
+    inside = np.ones_like(u, dtype=bool)
+    for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
+        inside &= np.cos(angle) * u + np.sin(angle) * v <= inradius
+    return inside
+
+
+def paint_part(rng, image, part, geometry, class_id):
+    """The class's pattern in its colour over a contrast colour, slightly jittered so no two parts are equal."""
+    pattern, colour, contrast = PART_STYLES[class_id]
+    u, v = (coordinate[part] for coordinate in part_coordinates(geometry, image.shape[0]))
+    # Repeating patterns get a random phase; centred shapes (cross, triangle, rings) keep their centre.
+    shift = rng.uniform(0, 5, size=2) if pattern in REPEATING_PATTERNS else np.zeros(2)
+    on = PATTERNS[pattern](u + float(shift[0]), v + float(shift[1]), geometry["part_radius"])
+    brightness = rng.uniform(0.85, 1.1)
+    fg = np.clip(np.array(colour, np.float32) * brightness + rng.normal(0, 10, 3), 0, 255)
+    bg = np.clip(np.array(contrast, np.float32) + rng.normal(0, 10, 3), 0, 255)
+    image[part] = np.where(on[:, None], fg, bg) + 4.0 * _pixel_noise(rng, (len(u), 3))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Saliency
+
+
+def render_saliency(rng, objects, size):
+    """A salient-object detector's guess: blurred, noisy object masks, sometimes missing or over-covering."""
+    strength = np.zeros((size, size), np.float32)
+    union = np.zeros((size, size), bool)
+    for body in objects:
+        missed = rng.uniform() < MISSED_OBJECT_PROB
+        strength[body] = rng.uniform(5, 35) if missed else rng.uniform(220, 240)
+        union |= body
+    if rng.uniform() < FALSE_BLOB_PROB:
+        _add_false_blob(rng, strength, union)
+    saliency = cv2.GaussianBlur(strength, (0, 0), sigmaX=rng.uniform(1.5, 3.0))
+    saliency += 8.0 * _smooth_noise(rng, size, cells=8)[..., 0] + 4.0 * _pixel_noise(rng, saliency.shape)
+    return np.clip(np.rint(saliency), 0, 255).astype(np.uint8)
+
+
+def _add_false_blob(rng, strength, union):
+    """Mark a background region as salient (detectors often fire on clutter)."""
+    size = strength.shape[0]
+    for _ in range(20):
+        x, y = rng.integers(0, size, size=2)
+        if not union[y, x]:
+            axes = tuple(int(a) for a in rng.uniform(7, 16, size=2))
+            blob = np.zeros((size, size), np.uint8)
+            cv2.ellipse(blob, (int(x), int(y)), axes, float(rng.uniform(0, 180)), 0, 360, 1, thickness=-1)
+            strength[blob.astype(bool) & ~union] = rng.uniform(150, 230)
+            return
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One image
+
+
+def render_sample(seed, index, first_class, size):
+    """Everything for image ``index``: RGB image, label map, part mask, saliency map and its object classes."""
+    rng = _image_rng(seed, index)
+    count = int(rng.choice(len(OBJECT_COUNT_PROBS), p=OBJECT_COUNT_PROBS)) + 1
+    classes = [first_class] + [int(c) for c in rng.choice(DEMO_CLASSES, size=count - 1)]
+    image = render_background(rng, size)
+    label = np.zeros((size, size), np.uint8)
+    parts = np.zeros((size, size), np.uint8)
+    placed = place_objects(rng, size, count)
+    classes = classes[: len(placed)]  # objects that found no room are dropped
+    for class_id, (geometry, body, part, radius) in zip(classes, placed, strict=True):
+        paint_body(rng, image, body, radius)
+        paint_part(rng, image, part, geometry, class_id)
+        # Later objects are painted on top; each one's outline becomes a 1-px ignore band, like VOC's.
+        label[body] = class_id + 1
+        label[_inner_edge(body)] = IGNORE_LABEL
+        parts[body] = BODY
+        parts[part] = PART
+    saliency = render_saliency(rng, [body for _, body, _, _ in placed], size)
+    return {
+        "image": np.clip(np.rint(image), 0, 255).astype(np.uint8),
+        "label": label,
+        "parts": parts,
+        "saliency": saliency,
+        "classes": classes,
+    }
+
+
+def _save_grey_png(path, array):
+    return atomic_write(path, lambda tmp: Image.fromarray(array, mode="L").save(tmp, format="PNG"))
+
+
+def _save_jpeg(path, array):
+    image = Image.fromarray(array, mode="RGB")
+    return atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=JPEG_QUALITY))
+
+
+def write_sample(out_dir, image_id, sample):
+    _save_jpeg(out_dir / IMAGE_DIR / f"{image_id}.jpg", sample["image"])
+    save_label_png(out_dir / GT_DIR / f"{image_id}.png", sample["label"])
+    _save_grey_png(out_dir / SALIENCY_DIR / f"{image_id}.png", sample["saliency"])
+    _save_grey_png(out_dir / PART_DIR / f"{image_id}.png", sample["parts"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The dataset
+
+
+PER_IMAGE_FILES = ((IMAGE_DIR, ".jpg"), (GT_DIR, ".png"), (SALIENCY_DIR, ".png"), (PART_DIR, ".png"))
+OWN_ENTRIES = {IMAGE_DIR, GT_DIR, SALIENCY_DIR, PART_DIR, "ImageSets", LIST_DIR, META_NAME, README_NAME}
+
+README_TEXT = """\
+SYNTHETIC demo dataset in PASCAL VOC 2012 layout (made by utils/demo_data.py; not real VOC data).
+
+Each object is a large body whose look is the same for every class, plus a small class-specific part
+(colour + pattern) inside it: image-level labels are easy to learn from the part alone, while the
+segmentation ground truth covers the whole object.
+
+JPEGImages/<id>.jpg               RGB images
+SegmentationClassAug/<id>.png     palette PNG labels: 0 background, c+1 for 0-based VOC class c,
+                                  255 ignore (a 1-px band on each object's outline)
+saliency_map/<id>.png             single-channel 0..255 pseudo salient-object-detector output (salient iff > 50)
+PartMasks/<id>.png                single-channel: 0 background, 1 object body, 2 discriminative part (demo-only extra)
+ImageSets/Segmentation/*.txt      id lists: train_aug, train (first images of train_aug), val (disjoint)
+lists/*_cls.txt                   "<id> <c1> <c2> ..." image-level labels derived from the label maps
+demo_meta.json                    generator version, seed, counts, image size and classes
+"""
+
+
+def _params(seed, num_train_aug, num_train, num_val, size):
+    return {"version": GENERATOR_VERSION, "seed": seed, "num_train_aug": num_train_aug, "num_train": num_train,
+            "num_val": num_val, "size": size}
+
+
+def _check_params(params):
+    if params["size"] < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} px (objects are 40-56 px across), got {params['size']}")
+    if params["num_train_aug"] < 1 or params["num_val"] < 1:
+        raise ValueError("num_train_aug and num_val must be >= 1")
+    if not 1 <= params["num_train"] <= params["num_train_aug"]:
+        limit, got = params["num_train_aug"], params["num_train"]
+        raise ValueError(f"num_train must be in 1..num_train_aug ({limit}), got {got}")
+
+
+def _split_ids(params):
+    train_aug = image_ids(params["num_train_aug"])
+    val = image_ids(params["num_val"], start=params["num_train_aug"] + 1)
+    return {"train_aug": train_aug, "train": train_aug[: params["num_train"]], "val": val}
+
+
+def complete_meta(out_dir, params):
+    """The stored meta when ``out_dir`` holds a finished dataset made with ``params``, else None."""
+    out_dir = Path(out_dir)
+    try:
+        meta = json.loads((out_dir / META_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("params") != params:
+        return None
+    splits = _split_ids(params)
+    if not all((out_dir / SPLIT_DIR / f"{name}.txt").is_file() for name in splits):
+        return None
+    for image_id in splits["train_aug"] + splits["val"]:
+        if not all((out_dir / folder / f"{image_id}{suffix}").is_file() for folder, suffix in PER_IMAGE_FILES):
+            return None
+    return meta
+
+
+def _check_ours(out_dir):
+    """Refuse to write into a folder holding anything this generator did not make (e.g. a real VOC copy)."""
+    if not out_dir.exists():
+        return
+    for entry in out_dir.iterdir():
+        if entry.name not in OWN_ENTRIES:
+            raise DataError(f"{out_dir} holds {entry.name}, which the demo generator did not write; use another --out")
+    for folder, _ in PER_IMAGE_FILES:
+        for path in (out_dir / folder).glob("*") if (out_dir / folder).is_dir() else ():
+            if not path.name.lstrip(".").startswith(ID_PREFIX):
+                raise DataError(f"{path} is not a demo file; refusing to mix the demo data into another dataset")
+
+
+def _remove_stale(out_dir, wanted_ids):
+    """Drop images of an earlier, larger run: lists derived from the label folder would pick them up."""
+    wanted = set(wanted_ids)
+    for folder, _ in PER_IMAGE_FILES:
+        if (out_dir / folder).is_dir():
+            for path in (out_dir / folder).glob(f"*{ID_PREFIX}*"):
+                if path.stem not in wanted:
+                    path.unlink()
+
+
+def _write_id_list(path, ids):
+    return atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{image_id}\n" for image_id in ids)))
+
+
+def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, size=112, force=False):
+    """Write the demo dataset into ``out_dir`` and return its meta (also saved as ``demo_meta.json``).
+
+    A folder that already holds a complete dataset with the same parameters is left as it is, unless ``force``.
+    """
+    out_dir = Path(out_dir)
+    params = _params(seed, num_train_aug, num_train, num_val, size)
+    _check_params(params)
+    if not force and (meta := complete_meta(out_dir, params)) is not None:
+        return meta
+    _check_ours(out_dir)
+    (out_dir / META_NAME).unlink(missing_ok=True)  # an interrupted run must not look complete
+    splits = _split_ids(params)
+    _remove_stale(out_dir, splits["train_aug"] + splits["val"])
+
+    images_per_class = {}
+    index = 0
+    for split_key, split in enumerate(("train_aug", "val")):
+        counts = {c: 0 for c in DEMO_CLASSES}
+        plan = class_plan(seed, split_key, len(splits[split]))
+        for image_id, first_class in zip(splits[split], plan, strict=True):
+            index += 1
+            sample = render_sample(seed, index, first_class, size)
+            write_sample(out_dir, image_id, sample)
+            for class_id in set(sample["classes"]):
+                counts[class_id] += 1
+        images_per_class[split] = {CLASS_NAMES[c]: n for c, n in counts.items()}
+
+    for name, ids in splits.items():
+        _write_id_list(out_dir / SPLIT_DIR / f"{name}.txt", ids)
+    derive_cls_lists(out_dir)
+    atomic_write(out_dir / README_NAME, lambda tmp: Path(tmp).write_text(README_TEXT))
+    meta = {
+        "generator": "utils.demo_data",
+        "synthetic": True,
+        "params": params,
+        "counts": {name: len(ids) for name, ids in splits.items()},
+        "size": size,
+        "class_ids": list(DEMO_CLASSES),
+        "class_names": [CLASS_NAMES[c] for c in DEMO_CLASSES],
+        "part_patterns": {CLASS_NAMES[c]: PART_STYLES[c][0] for c in DEMO_CLASSES},
+        "images_per_class": images_per_class,
+        "part_values": {"background": 0, "body": BODY, "part": PART},
+    }
+    save_json(out_dir / META_NAME, meta)
+    return meta
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Write a small synthetic dataset in VOC 2012 layout (see module doc).")
+    parser.add_argument("--out", required=True, help="output folder (the VOC root to pass to the other tools)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-train-aug", type=int, default=400)
+    parser.add_argument("--num-train", type=int, default=100, help="the first N train_aug images form train")
+    parser.add_argument("--num-val", type=int, default=100)
+    parser.add_argument("--size", type=int, default=112, help=f"square image side in px (>= {MIN_SIZE})")
+    parser.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
+    args = parser.parse_args(argv)
+    params = _params(args.seed, args.num_train_aug, args.num_train, args.num_val, args.size)
+    if not args.force and complete_meta(args.out, params) is not None:
+        print(f"demo data: {args.out} already holds this dataset (seed {args.seed}); skipped (--force regenerates)")
+        return
+    start = time.perf_counter()
+    try:
+        meta = generate(args.out, args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, force=True)
+    except (ValueError, DataError) as error:
+        parser.error(str(error))
+    counts = meta["counts"]
+    print(f"demo data: wrote {counts['train_aug']} train_aug (first {counts['train']} = train) + {counts['val']} val "
+          f"images, {args.size} px, {len(DEMO_CLASSES)} classes, seed {args.seed} -> {args.out} "
+          f"in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
