@@ -113,8 +113,10 @@ def train(cfg, args):
         print(f"stage 1: {margs['drs'] or 'relu'} classifier, width {margs['width']}, {len(train_loader.dataset)} "
               f"train images, {tcfg['epochs']} epochs, global batch {tcfg['batch_size']} on {runtime.world_size} "
               f"process(es), {runtime.device}")
-    net = DistributedDataParallel(model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None) \
-        if runtime.distributed else model
+    net = model
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
 
     step = (start_epoch - 1) * len(train_loader)
     for epoch in range(start_epoch, tcfg["epochs"] + 1):
@@ -123,7 +125,8 @@ def train(cfg, args):
             train_loader.sampler.set_epoch(epoch)
         net.train()
         running, seen = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{tcfg['epochs']}", disable=args.no_progress or not runtime.is_main)
+        quiet = args.no_progress or not runtime.is_main
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{tcfg['epochs']}", disable=quiet)
         for batch in bar:
             images = batch["image"].to(runtime.device, non_blocking=True)
             classes = batch["classes"].to(runtime.device, non_blocking=True)

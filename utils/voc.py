@@ -86,7 +86,8 @@ def load_saliency(path):
     """A single-channel saliency map as a uint8 (H, W) array."""
     image = _open(path, "saliency map")
     if image.mode not in ("L", "P", "I", "I;16"):
-        raise DataError(f"saliency map {path} has mode {image.mode} ({len(image.getbands())} channels); expected one channel")
+        bands = len(image.getbands())
+        raise DataError(f"saliency map {path} has mode {image.mode} ({bands} channels); expected one channel")
     array = np.array(image)
     if array.dtype != np.uint8:
         array = np.clip(array, 0, 255).astype(np.uint8)
