@@ -46,6 +46,11 @@ class VGG16D1(nn.Module):
                 conv_count += 1
         self.features = nn.Sequential(*layers)
         self.out_channels = in_channels
+        # torchvision's VGG init. The original keeps PyTorch's default init here, which only ImageNet weights
+        # overwrite; trained from scratch (the demo) that default shrinks activations layer by layer.
+        for conv in self.convs():
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
 
     def forward(self, x):
         return self.features(x)

@@ -1,0 +1,114 @@
+"""DRS math, the classifier's structure, its parameter groups and key names."""
+
+import json
+
+import pytest
+import torch
+
+from models.classifier import DRSClassifier
+from models.drs import FixedDRS, LearnableDRS
+from tests.conftest import PARITY
+from utils import checkpoints
+
+
+def test_fixed_drs_clips_relu_at_delta_times_channel_max():
+    x = torch.tensor([[[[-1.0, 0.5], [2.0, 4.0]], [[1.0, 1.0], [0.2, -3.0]]]])  # (1, 2, 2, 2)
+    y = FixedDRS(0.5)(x)
+    expected = torch.tensor([[[[0.0, 0.5], [2.0, 2.0]], [[0.5, 0.5], [0.2, 0.0]]]])
+    torch.testing.assert_close(y, expected)
+
+
+def test_learnable_drs_gate_is_per_image_per_channel_and_clips_at_gate_times_max():
+    torch.manual_seed(0)
+    drs = LearnableDRS(8)
+    x = torch.randn(3, 8, 5, 7)
+    gate = drs.gate(torch.relu(x))
+    assert gate.shape == (3, 8, 1, 1)
+    assert ((gate > 0) & (gate < 1)).all()
+    # the gate is sigmoid(W @ GAP(relu x)) with a bias-free 8x8 W
+    assert [k for k in drs.state_dict()] == ["fc.0.weight"] and drs.fc[0].weight.shape == (8, 8)
+    manual = torch.sigmoid(torch.relu(x).mean(dim=(2, 3)) @ drs.fc[0].weight.T)
+    torch.testing.assert_close(gate[:, :, 0, 0], manual)
+    y = drs(x)
+    bound = gate * torch.relu(x).amax(dim=(2, 3), keepdim=True)
+    assert (y <= bound + 1e-7).all()
+    torch.testing.assert_close(y, torch.minimum(torch.relu(x), bound))
+
+
+def test_fixed_drs_rejects_out_of_range_delta():
+    with pytest.raises(ValueError, match="0 < delta <= 1"):
+        FixedDRS(1.5)
+
+
+def test_classifier_shapes_and_sixteen_drs_modules():
+    model = DRSClassifier(drs="learnable", width=0.125)
+    drs_modules = [m for m in model.modules() if isinstance(m, LearnableDRS)]
+    assert len(drs_modules) == 16
+    maps = model.class_maps(torch.zeros(2, 3, 96, 96))
+    assert maps.shape == (2, 20, 12, 12)  # output stride 8
+    assert model(torch.zeros(2, 3, 96, 96)).shape == (2, 20)
+
+
+def test_full_size_parameter_count_and_groups_match_the_original():
+    model = DRSClassifier(drs="learnable")
+    assert sum(p.numel() for p in model.parameters()) == 24_401_236
+    groups = model.parameter_groups(1e-3)
+    assert [len(g["params"]) for g in groups] == [13, 13, 20, 4]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2e-3, 1e-2, 2e-2])
+    gates = {id(m.fc[0].weight) for m in model.modules() if isinstance(m, LearnableDRS)}
+    assert gates <= {id(p) for p in groups[2]["params"]}  # every DRS gate in the x10 group (reference §2.7)
+    backbone = {id(c.weight) for c in model.backbone.convs()}
+    assert backbone == {id(p) for p in groups[0]["params"]}
+
+
+def test_head_init_follows_the_reference():
+    torch.manual_seed(0)
+    model = DRSClassifier(drs="learnable")
+    assert model.extra_conv1.weight.std().item() == pytest.approx((2 / 4608) ** 0.5, rel=0.02)
+    assert model.extra_conv4.weight.std().item() == pytest.approx((2 / 20) ** 0.5, rel=0.1)
+    assert model.extra_conv1.bias.abs().max() == 0
+    gate_weights = torch.cat([m.fc[0].weight.flatten() for m in model.modules() if isinstance(m, LearnableDRS)])
+    assert gate_weights.std().item() == pytest.approx(0.01, rel=0.05)
+
+
+@pytest.mark.parametrize("spec, drs", [("drs_cls_learnable", "learnable"), ("drs_cls_delta", 0.55)])
+def test_released_key_set_round_trips(spec, drs):
+    keys = [entry["key"] for entry in json.loads((PARITY / "specs" / f"{spec}.json").read_text())["keys"]]
+    model = DRSClassifier(drs=drs, width=1.0)
+    released = checkpoints.ours_to_released_vgg(model.state_dict())
+    assert sorted(released) == sorted(keys)
+    assert len(released) == {"drs_cls_learnable": 76, "drs_cls_delta": 60}[spec]
+    back = checkpoints.released_vgg_to_ours(released)
+    assert back.keys() == model.state_dict().keys()
+
+
+def test_alias_that_differs_from_its_features_key_is_refused():
+    released = checkpoints.ours_to_released_vgg(DRSClassifier(drs=0.5, width=0.125).state_dict())
+    released["layer2_conv1.weight"] = released["layer2_conv1.weight"] + 1
+    with pytest.raises(checkpoints.CheckpointError, match="layer2_conv1.weight differs from features.5.weight"):
+        checkpoints.released_vgg_to_ours(released)
+
+
+def test_offline_imagenet_load_fails_with_one_clear_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty cache, and no network here or in CI
+
+    def no_network(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    with pytest.raises(RuntimeError) as error:
+        DRSClassifier(drs="learnable", pretrained=True)
+    message = str(error.value)
+    assert "vgg16-397923af.pth" in message and str(tmp_path) in message and "\n" not in message
+
+
+def test_imagenet_file_loads_into_the_backbone_by_name(tmp_path):
+    from torchvision.models import vgg16
+
+    reference = vgg16(weights=None)
+    path = tmp_path / "vgg16-397923af.pth"
+    torch.save(reference.state_dict(), path)
+    model = DRSClassifier(drs="learnable", pretrained_path=path)
+    for index in (0, 10, 28):
+        torch.testing.assert_close(model.backbone.features[index].weight, reference.features[index].weight)
+    assert model.backbone.features[24].dilation == (2, 2) and model.backbone.features[23].stride == 1
