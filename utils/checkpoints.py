@@ -168,11 +168,34 @@ def load_classifier(path, delta=None, map_location="cpu"):
                 f"{path} is a fixed-delta DRS checkpoint (no gate weights); its delta is not stored: pass --delta"
             )
         args = {"num_classes": state["extra_conv4.weight"].shape[0], "drs": drs, "width": vgg_width(state)}
-    args["pretrained"] = False
+    return _build(DRSClassifier, args, state, path, map_location)
+
+
+def load_refiner(path, map_location="cpu"):
+    """Build a :class:`RefineNet` from our checkpoint or an original ``Refine_DRS_learnable.pth``."""
+    from models.refine import RefineNet
+
+    checkpoint = load_file(path)
+    if is_ours(checkpoint):
+        if checkpoint["kind"] != "refine":
+            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not a stage-2 refinement network")
+        args, state = dict(checkpoint["model_args"]), checkpoint["model"]
+    else:
+        state, _ = load_released_vgg(path)
+        if any(k.endswith(".fc.0.weight") for k in state):
+            raise CheckpointError(f"{path} is a DRS classifier checkpoint (it has DRS gates), not a refinement network")
+        if "extra_conv4.weight" not in state:
+            raise CheckpointError(f"{path}: no extra_conv4; not a refinement network checkpoint")
+        args = {"num_classes": state["extra_conv4.weight"].shape[0], "width": vgg_width(state)}
+    return _build(RefineNet, args, state, path, map_location)
+
+
+def _build(cls, args, state, path, map_location):
+    args = {**args, "pretrained": False}
     args.pop("pretrained_path", None)
-    model = DRSClassifier(**args)
+    model = cls(**args)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit the classifier {args}: {str(error).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not fit {cls.__name__}({args}): {str(error).splitlines()[0]}") from None
     return model.to(map_location), args

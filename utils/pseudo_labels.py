@@ -1,0 +1,33 @@
+"""Pseudo segmentation labels from refined maps and saliency (reference §5)."""
+
+import torch
+import torch.nn.functional as F
+
+from utils.voc import IGNORE_LABEL
+
+
+@torch.no_grad()
+def multiscale_refined_maps(model, images, classes, size, scales=(256, 320, 384)):
+    """Element-wise max over scales (starting from 0, so maps are >= 0) of the refinement net's output for
+    ``images`` resized to s x s, each upsampled to ``size`` and masked by the image's classes."""
+    combined = torch.zeros(images.shape[0], classes.shape[1], *size, device=images.device)
+    for scale in scales:
+        scaled = F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False)
+        combined = torch.maximum(combined, model(scaled, size=size, classes=classes))
+    return combined
+
+
+def pseudo_label(maps, salient, alpha=0.2, conflict_score=0.9, max_conflicts=2):
+    """The original's label rule for one image. ``maps``: (C, H, W) refined scores; ``salient``: (H, W) bool.
+
+    Scores below ``alpha`` are dropped; the background score is 1 where not salient, 0 where salient; the label
+    is the argmax (ties to the lower index, i.e. background). Ignored (255): pixels where more than
+    ``max_conflicts`` of the 21 scores exceed ``conflict_score``, and salient pixels left as background.
+    """
+    maps = torch.as_tensor(maps, dtype=torch.float32)
+    salient = torch.as_tensor(salient, dtype=torch.bool, device=maps.device)
+    scores = torch.cat([(~salient).to(maps.dtype)[None], torch.where(maps < alpha, 0.0, maps)])
+    label = scores.argmax(dim=0)
+    label[(scores > conflict_score).sum(dim=0) > max_conflicts] = IGNORE_LABEL
+    label[salient & (label == 0)] = IGNORE_LABEL
+    return label.to(torch.uint8)
