@@ -81,3 +81,94 @@ class RunLog:
     def write(self, **record):
         if self.enabled:
             append_jsonl(self.path, {"time": round(time.time() - self.start, 2), **record})
+
+
+def fit(*, cfg, runtime, model, model_args, kind, optimizer, train_loader, loss_fn, validate_fn=None,
+        resume_arg=None, progress=True):
+    """The epoch loop shared by the training scripts.
+
+    ``loss_fn(net, batch) -> loss`` runs one step's forward; ``validate_fn(model) -> metrics`` (main process
+    only) may return ``miou``, which drives ``best.pth`` when ``val.select_best``. Every epoch writes
+    ``last.pth`` (atomic), so ``--resume auto`` continues after the last finished epoch.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from tqdm import tqdm
+
+    out_dir = Path(cfg["output"]["dir"])
+    tcfg = cfg["train"]
+    log = RunLog(out_dir / "log.jsonl", enabled=runtime.is_main)
+    start_epoch, best = 1, {}
+    resume_from = resume_path(resume_arg, out_dir)
+    if resume_from:
+        state = resume(resume_from, model, optimizer, kind)
+        start_epoch, best = state["epoch"] + 1, state.get("best", {})
+        if runtime.is_main:
+            print(f"resumed from {resume_from} after epoch {state['epoch']}")
+    net = model
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=device_ids)
+
+    step = (start_epoch - 1) * len(train_loader)
+    for epoch in range(start_epoch, tcfg["epochs"] + 1):
+        set_lr(optimizer, epoch_lr_factor(epoch, tcfg))
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
+        net.train()
+        running, seen = 0.0, 0
+        quiet = not progress or not runtime.is_main
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{tcfg['epochs']}", disable=quiet)
+        for batch in bar:
+            loss = loss_fn(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            running, seen = running + loss.item(), seen + 1
+            bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            if step % cfg["output"]["log_every"] == 0:
+                log.write(event="train", epoch=epoch, step=step, loss=loss.item(), lr=optimizer.param_groups[0]["lr"])
+        metrics = {"train_loss": running / max(seen, 1)}
+        every = cfg["val"]["every"]
+        if validate_fn is not None and runtime.is_main and every and epoch % every == 0:
+            metrics.update({f"val_{k}": v for k, v in validate_fn(model).items()})
+        if runtime.is_main:
+            improved = "val_miou" in metrics and metrics["val_miou"] > best.get("val_miou", -1.0)
+            if improved:
+                best = {"epoch": epoch, "val_miou": metrics["val_miou"]}
+            save = dict(kind=kind, model=model, model_args=model_args, optimizer=optimizer, epoch=epoch,
+                        config=cfg, metrics=metrics, extra={"best": best})
+            checkpoints.save(out_dir / "last.pth", **save)
+            if improved and cfg["val"]["select_best"]:
+                checkpoints.save(out_dir / "best.pth", **save)
+            log.write(event="epoch", epoch=epoch, step=step, **metrics)
+            print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+        runtime.barrier()
+    return out_dir
+
+
+def make_train_loader(dataset, cfg, runtime):
+    """Shuffled loader with the global batch split over processes (DistributedSampler under torchrun)."""
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    from utils.voc import collate
+
+    batch, workers, seed = cfg["train"]["batch_size"], cfg["data"]["num_workers"], cfg["train"]["seed"]
+    if batch % runtime.world_size:
+        raise ValueError(f"global batch {batch} is not divisible by {runtime.world_size} processes")
+    if runtime.distributed:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=seed)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch // runtime.world_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0)
+
+
+def save_run_config(cfg, runtime):
+    from utils import config as config_module
+    from utils.io import atomic_write
+
+    out_dir = Path(cfg["output"]["dir"])
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
