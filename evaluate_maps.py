@@ -50,12 +50,7 @@ def parse_args(argv=None):
 
 
 def stored_maps(maps_dir, image_id, size):
-    path = Path(maps_dir) / f"{image_id}.npy"
-    if not path.is_file():
-        raise voc.DataError(f"missing localization map: {path}")
-    maps = np.load(path)
-    if maps.ndim != 3 or maps.shape[0] != voc.NUM_CLASSES:
-        raise voc.DataError(f"localization map {path} has shape {maps.shape}; expected ({voc.NUM_CLASSES}, S, S)")
+    maps = voc.load_localization_map(Path(maps_dir) / f"{image_id}.npy")
     maps = torch.from_numpy(maps.astype(np.float32) / 255.0)[None]
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[0]
 

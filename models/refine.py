@@ -26,14 +26,17 @@ class RefineNet(nn.Module):
         if pretrained or pretrained_path:
             self.backbone.load_imagenet(pretrained_path)
 
-    def forward(self, x, size=None, classes=None):
-        """Refined maps (B, C, H, W), bilinearly (align_corners=True) upsampled to ``size`` (default: the
-        input's), multiplied by the image's ``classes`` (B, C) when given (inference, not training)."""
+    def score_maps(self, x):
+        """The raw (B, C, H/8, W/8) regression output."""
         y = self.backbone(x)
         for k in (1, 2, 3):
             y = F.relu(getattr(self, f"extra_conv{k}")(y))
-        y = self.extra_conv4(y)
-        y = F.interpolate(y, size=tuple(size or x.shape[-2:]), mode="bilinear", align_corners=True)
+        return self.extra_conv4(y)
+
+    def forward(self, x, size=None, classes=None):
+        """Refined maps (B, C, H, W), bilinearly (align_corners=True) upsampled to ``size`` (default: the
+        input's), multiplied by the image's ``classes`` (B, C) when given (inference, not training)."""
+        y = F.interpolate(self.score_maps(x), size=tuple(size or x.shape[-2:]), mode="bilinear", align_corners=True)
         if classes is not None:
             y = y * classes[:, :, None, None]
         return y

@@ -16,15 +16,34 @@ def normalized_cam(class_maps, classes, size):
 
 
 @torch.no_grad()
-def multiscale_cam(model, images, classes, scales=LOCALIZATION_SCALES, size=None):
-    """Element-wise max over scales of the CAMs of ``images`` resized to each s x s (bilinear,
-    align_corners=False), all brought to ``size`` (default: the input's H, W). No flip, as the original."""
-    size = tuple(size or images.shape[-2:])
-    combined = torch.zeros(images.shape[0], classes.shape[1], *size, device=images.device)
+def multiscale_maps(score_fn, images, classes, sizes, scales=LOCALIZATION_SCALES, normalize=False):
+    """Per image, the element-wise max over scales (from 0, so maps are >= 0) of ``score_fn`` at each
+    s x s input, upsampled (bilinear, align_corners=True) to that image's own size and masked by its classes.
+
+    ``score_fn``: images -> (B, C, h, w) raw maps (the refinement net's ``score_maps``, or a classifier's
+    ``class_maps`` with ``normalize=True`` for ReLU + per-channel max-normalisation, i.e. its CAM).
+    ``sizes``: one (H, W) per image, so a batch may mix image sizes. Returns a list of (C, H, W) tensors.
+    """
+    combined = [torch.zeros(classes.shape[1], *size, device=images.device) for size in sizes]
     for scale in scales:
-        scaled = F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False)
-        combined = torch.maximum(combined, normalized_cam(model.class_maps(scaled), classes, size))
+        raw = score_fn(F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False))
+        if normalize:
+            raw = torch.relu(raw)
+        for index, size in enumerate(sizes):
+            maps = F.interpolate(raw[index:index + 1], size=tuple(size), mode="bilinear", align_corners=True)[0]
+            if normalize:
+                maps = maps / (maps.amax(dim=(1, 2), keepdim=True) + 1e-5)
+            combined[index] = torch.maximum(combined[index], maps * classes[index, :, None, None])
     return combined
+
+
+@torch.no_grad()
+def multiscale_cam(model, images, classes, scales=LOCALIZATION_SCALES, size=None):
+    """Element-wise max over scales of the CAMs of ``images`` resized to each s x s, all brought to ``size``
+    (default: the input's H, W). No flip, as the original."""
+    size = tuple(size or images.shape[-2:])
+    return torch.stack(multiscale_maps(model.class_maps, images, classes, [size] * len(images), scales,
+                                       normalize=True))
 
 
 def quantize_maps(maps):

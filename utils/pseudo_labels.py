@@ -1,20 +1,8 @@
 """Pseudo segmentation labels from refined maps and saliency (reference §5)."""
 
 import torch
-import torch.nn.functional as F
 
 from utils.voc import IGNORE_LABEL
-
-
-@torch.no_grad()
-def multiscale_refined_maps(model, images, classes, size, scales=(256, 320, 384)):
-    """Element-wise max over scales (starting from 0, so maps are >= 0) of the refinement net's output for
-    ``images`` resized to s x s, each upsampled to ``size`` and masked by the image's classes."""
-    combined = torch.zeros(images.shape[0], classes.shape[1], *size, device=images.device)
-    for scale in scales:
-        scaled = F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False)
-        combined = torch.maximum(combined, model(scaled, size=size, classes=classes))
-    return combined
 
 
 def pseudo_label(maps, salient, alpha=0.2, conflict_score=0.9, max_conflicts=2):
@@ -31,3 +19,10 @@ def pseudo_label(maps, salient, alpha=0.2, conflict_score=0.9, max_conflicts=2):
     label[(scores > conflict_score).sum(dim=0) > max_conflicts] = IGNORE_LABEL
     label[salient & (label == 0)] = IGNORE_LABEL
     return label.to(torch.uint8)
+
+
+def threshold_label(maps, background_threshold):
+    """Saliency-free labels: the best class where its score exceeds ``background_threshold``, else background."""
+    maps = torch.as_tensor(maps, dtype=torch.float32)
+    peak, best = maps.max(dim=0)
+    return torch.where(peak > background_threshold, best + 1, torch.zeros_like(best)).to(torch.uint8)

@@ -224,14 +224,18 @@ class VOCDataset:
     """The images of a list with their image-level labels and the masks a stage asks for.
 
     Items are dicts: ``image`` (normalised tensor), ``classes`` (20-d multi-hot), ``id``, ``size`` (original
-    H, W) and each requested mask (int64 tensors; saliency stays 0..255, binarise with > 50).
+    H, W) and each requested mask (int64 tensors; saliency stays 0..255, binarise with > 50). With
+    ``maps_dir``, ``maps`` holds the stored localization maps as floats in [0, 1] (stage 2's input).
     """
 
-    def __init__(self, voc_root, entries, transform, masks=()):
+    def __init__(self, voc_root, entries, transform, masks=(), maps_dir=None):
         self.root = check_voc_root(voc_root, need=(IMAGE_DIR,) + tuple(MASK_FOLDERS[m] for m in masks))
         self.entries = list(entries)
         self.transform = transform
         self.masks = tuple(masks)
+        self.maps_dir = Path(maps_dir) if maps_dir else None
+        if self.maps_dir and not self.maps_dir.is_dir():
+            raise DataError(f"localization map folder {self.maps_dir} does not exist (run make_localization_maps.py)")
 
     def __len__(self):
         return len(self.entries)
@@ -247,11 +251,37 @@ class VOCDataset:
             if mask.size != image.size:
                 raise DataError(f"{key} map of {image_id} is {mask.size}, image is {image.size} (W, H)")
             sample[key] = mask
+        if self.maps_dir:
+            sample["maps"] = self._load_maps(image_id)
         sample = self.transform(sample)
+        if self.maps_dir and sample["maps"].shape[-2:] != sample["image"].shape[-2:]:
+            raise DataError(f"localization map {self.maps_dir / image_id}.npy is {tuple(sample['maps'].shape[-2:])}, "
+                            f"the image is squashed to {tuple(sample['image'].shape[-2:])}; regenerate the maps "
+                            "at this size")
         sample["id"] = image_id
         sample["classes"] = torch.from_numpy(multi_hot(classes))
         sample["size"] = (image.height, image.width)
         return sample
+
+
+    def _load_maps(self, image_id):
+        import torch
+
+        return torch.from_numpy(load_localization_map(self.maps_dir / f"{image_id}.npy").astype(np.float32) / 255.0)
+
+
+def load_localization_map(path):
+    """A stored localization map: uint8 (20, S, S), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing localization map: {path}")
+    try:
+        maps = np.load(path)
+    except (ValueError, OSError) as error:
+        raise DataError(f"cannot read localization map {path}: {error}") from None
+    if maps.ndim != 3 or maps.shape[0] != NUM_CLASSES or maps.dtype != np.uint8:
+        raise DataError(f"localization map {path} is {maps.dtype} {maps.shape}; expected uint8 ({NUM_CLASSES}, S, S)")
+    return maps
 
 
 def collate(samples):
