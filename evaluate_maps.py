@@ -28,7 +28,7 @@ from utils.distributed import resolve_device
 from utils.evaluation import MapEvaluator, average_precision
 from utils.io import atomic_write, save_json
 from utils.metrics import markdown_table
-from utils.transforms import test_transform
+from utils.transforms import eval_transform
 
 
 def parse_args(argv=None):
@@ -59,7 +59,7 @@ def evaluate(args):
     root = Path(args.voc_root)
     entries = voc.read_list(args.list, voc_root=root)
     masks = ["label"] + [m for m in ("saliency", "parts") if (root / voc.MASK_FOLDERS[m]).is_dir()]
-    dataset = voc.VOCDataset(root, entries, test_transform(args.size, resize_masks=False), masks=masks)
+    dataset = voc.VOCDataset(root, entries, eval_transform(args.size, resize_masks=False), masks=masks)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=args.num_workers, collate_fn=voc.collate)
     evaluator = MapEvaluator(alpha=args.alpha)
     model, device, logits, targets = None, None, [], []

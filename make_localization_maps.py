@@ -16,7 +16,7 @@ import torch
 from utils import checkpoints, voc
 from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, write_localization_maps
 from utils.distributed import resolve_device
-from utils.transforms import test_transform
+from utils.transforms import eval_transform
 
 
 def parse_args(argv=None):
@@ -45,7 +45,7 @@ def main(argv=None):
         print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "
               f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size})")
         if todo:
-            dataset = voc.VOCDataset(args.voc_root, todo, test_transform(args.size))
+            dataset = voc.VOCDataset(args.voc_root, todo, eval_transform(args.size))
             loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                                                  collate_fn=voc.collate)
             write_localization_maps(model, loader, out_dir, device, scales=args.scales)

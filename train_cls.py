@@ -20,7 +20,7 @@ from utils import checkpoints, config, voc
 from utils.distributed import Runtime
 from utils.evaluation import validate_classifier
 from utils.training import build_optimizer, fit, make_train_loader, save_run_config, seed_everything
-from utils.transforms import classifier_train_transform, test_transform
+from utils.transforms import classifier_train_transform, eval_transform
 
 
 def parse_args(argv=None):
@@ -85,7 +85,7 @@ def train(cfg, args):
 
     validate = None
     if cfg["val"]["every"] and runtime.is_main:
-        val_set = voc.VOCDataset(root, voc.read_list(root / data["val_list"], root), test_transform(data["test_size"]),
+        val_set = voc.VOCDataset(root, voc.read_list(root / data["val_list"], root), eval_transform(data["test_size"]),
                                  masks=("label", "saliency"))
         val_loader = DataLoader(val_set, batch_size=tcfg["batch_size"], num_workers=data["num_workers"],
                                 collate_fn=voc.collate)

@@ -7,14 +7,14 @@ import torch
 from tests.conftest import PARITY, run_cli
 from utils import checkpoints, voc
 from utils.cam import normalized_cam
-from utils.transforms import test_transform
+from utils.transforms import eval_transform
 
 EXPECTED = PARITY / "expected"
 
 
 def single_scale_outputs(model, root):
     entries = voc.read_list(root / "lists" / "train_aug_cls.txt")
-    dataset = voc.VOCDataset(root, entries, test_transform(320))
+    dataset = voc.VOCDataset(root, entries, eval_transform(320))
     batch = voc.collate([dataset[i] for i in range(len(dataset))])
     with torch.no_grad():
         maps = model.eval().class_maps(batch["image"])

@@ -5,8 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.transforms import ColorJitter, RandomCrop, RandomHorizontalFlip, adjust_hue, classifier_train_transform
-from utils.transforms import test_transform as make_test_transform
+from utils.transforms import (
+    ColorJitter,
+    RandomCrop,
+    RandomHorizontalFlip,
+    adjust_hue,
+    classifier_train_transform,
+    eval_transform,
+)
 
 
 def sample(width=150, height=100):
@@ -28,10 +34,10 @@ def test_train_transform_shapes_and_label_values_untouched():
 
 
 def test_test_transform_keeps_masks_at_original_size_in_test_mode():
-    out = make_test_transform(320, resize_masks=False)(sample())
+    out = eval_transform(320, resize_masks=False)(sample())
     assert out["image"].shape == (3, 320, 320)
     assert out["label"].shape == (100, 150)
-    valid = make_test_transform(320, resize_masks=True)(sample())
+    valid = eval_transform(320, resize_masks=True)(sample())
     assert valid["label"].shape == (320, 320)
     assert set(valid["label"].unique().tolist()) == {0, 7, 255}  # nearest: no new values
 

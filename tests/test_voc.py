@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from utils import voc
-from utils.transforms import test_transform as make_test_transform
+from utils.transforms import eval_transform
 
 
 def test_read_list_original_format_and_plain_ids(parity_voc):
@@ -35,14 +35,14 @@ def test_unknown_class_id_names_file_and_line(tmp_path):
 
 def test_missing_voc_folder_is_a_clear_error(tmp_path):
     with pytest.raises(voc.DataError, match="does not exist"):
-        voc.VOCDataset(tmp_path / "nowhere", [("x", [0])], make_test_transform(32))
+        voc.VOCDataset(tmp_path / "nowhere", [("x", [0])], eval_transform(32))
     (tmp_path / "VOC2012" / "JPEGImages").mkdir(parents=True)
     with pytest.raises(voc.DataError, match="has no saliency_map/ folder"):
-        voc.VOCDataset(tmp_path / "VOC2012", [("x", [0])], make_test_transform(32), masks=("saliency",))
+        voc.VOCDataset(tmp_path / "VOC2012", [("x", [0])], eval_transform(32), masks=("saliency",))
 
 
 def test_missing_image_names_the_file(parity_voc):
-    dataset = voc.VOCDataset(parity_voc, [("nope", [0])], make_test_transform(32))
+    dataset = voc.VOCDataset(parity_voc, [("nope", [0])], eval_transform(32))
     with pytest.raises(voc.DataError, match=r"missing image: .*JPEGImages/nope.jpg"):
         dataset[0]
 
@@ -50,7 +50,7 @@ def test_missing_image_names_the_file(parity_voc):
 def test_corrupt_jpeg_names_the_file(parity_voc):
     path = parity_voc / "JPEGImages" / "pv02_camera.jpg"
     path.write_bytes(path.read_bytes()[:200])
-    dataset = voc.VOCDataset(parity_voc, [("pv02_camera", [14])], make_test_transform(32))
+    dataset = voc.VOCDataset(parity_voc, [("pv02_camera", [14])], eval_transform(32))
     with pytest.raises(voc.DataError, match=r"cannot decode image .*pv02_camera.jpg"):
         dataset[0]
 
@@ -58,14 +58,14 @@ def test_corrupt_jpeg_names_the_file(parity_voc):
 def test_three_channel_saliency_names_the_file(parity_voc):
     path = parity_voc / "saliency_map" / "pv03_chelsea.png"
     Image.open(path).convert("RGB").save(path)
-    dataset = voc.VOCDataset(parity_voc, [("pv03_chelsea", [7])], make_test_transform(32), masks=("saliency",))
+    dataset = voc.VOCDataset(parity_voc, [("pv03_chelsea", [7])], eval_transform(32), masks=("saliency",))
     with pytest.raises(voc.DataError, match=r"saliency map .*pv03_chelsea.png has 3 channels"):
         dataset[0]
 
 
 def test_dataset_item_and_collate_of_mixed_sizes(parity_voc):
     entries = voc.read_list(parity_voc / "lists" / "val_cls.txt")
-    dataset = voc.VOCDataset(parity_voc, entries, make_test_transform(64, resize_masks=False), masks=("label",))
+    dataset = voc.VOCDataset(parity_voc, entries, eval_transform(64, resize_masks=False), masks=("label",))
     batch = voc.collate([dataset[0], dataset[1]])
     assert batch["image"].shape == (2, 3, 64, 64)
     assert batch["classes"][1].nonzero().flatten().tolist() == [8, 13]

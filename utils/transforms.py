@@ -152,6 +152,6 @@ def classifier_train_transform(input_size=384, crop_size=320, jitter=(0.3, 0.3, 
     ])
 
 
-def test_transform(size=320, resize_masks=True):
+def eval_transform(size=320, resize_masks=True):
     """Evaluation: image squashed to ``size``; masks resized too ("valid" mode) or kept ("test" mode)."""
     return Compose([SquashResize(size, masks=resize_masks), ToTensor()])
