@@ -23,9 +23,10 @@ from utils.training import build_optimizer, fit, make_train_loader, save_run_con
 from utils.transforms import classifier_train_transform, eval_transform
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/cls_voc.yaml")
+def parse_args(argv=None, default_config="configs/cls_voc.yaml", description=__doc__):
+    """The command line every training script shares."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config)
     parser.add_argument("--voc-root", default=None, help="overrides data.voc_root")
     parser.add_argument("--out-dir", default=None, help="overrides output.dir")
     parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for <out>/last.pth if present")
@@ -69,10 +70,7 @@ def train(cfg, args):
     seed_everything(cfg["train"]["seed"], runtime.rank)
     data, tcfg = cfg["data"], cfg["train"]
     root = Path(data["voc_root"])
-    train_list = root / data["train_list"]
-    if not train_list.is_file():
-        voc.derive_cls_lists(root, train_list.parent)
-    train_set = voc.VOCDataset(root, voc.read_list(train_list, root),
+    train_set = voc.VOCDataset(root, voc.list_entries(root, data["train_list"]),
                                classifier_train_transform(data["input_size"], data["crop_size"], data["jitter"]))
     train_loader = make_train_loader(train_set, cfg, runtime)
 
@@ -85,7 +83,7 @@ def train(cfg, args):
 
     validate = None
     if cfg["val"]["every"] and runtime.is_main:
-        val_set = voc.VOCDataset(root, voc.read_list(root / data["val_list"], root), eval_transform(data["test_size"]),
+        val_set = voc.VOCDataset(root, voc.list_entries(root, data["val_list"]), eval_transform(data["test_size"]),
                                  masks=("label", "saliency"))
         val_loader = DataLoader(val_set, batch_size=tcfg["batch_size"], num_workers=data["num_workers"],
                                 collate_fn=voc.collate)

@@ -98,3 +98,24 @@ class MapEvaluator:
             out["regions"] = {"background": means[0], "body": means[1], "part": means[2],
                               "body_part_ratio": means[1] / max(means[2], 1e-12)}
         return out
+
+
+@torch.no_grad()
+def validate_refiner(model, loader, device, alpha=0.2):
+    """Per-epoch validation of stage 2 (reference §4.4): MSE of the label-masked output against the
+    top-class target, and the mIoU of single-scale pseudo labels (alpha, saliency background)."""
+    from utils.pseudo_labels import top_class_target
+
+    model.eval()
+    matrix = ConfusionMatrix()
+    loss_sum, count = 0.0, 0
+    for batch in loader:
+        images, classes = batch["image"].to(device), batch["classes"].to(device)
+        refined = model(images, classes=classes)
+        loss_sum += F.mse_loss(refined, top_class_target(batch["maps"].to(device))).item() * len(images)
+        count += len(images)
+        background = 1.0 - (batch["saliency"].to(device) > SALIENCY_THRESHOLD).float()
+        preds = cam_pseudo_label(refined, background, alpha).cpu().numpy()
+        for gt, pred in zip(batch["label"].numpy(), preds):
+            matrix.update(gt, pred)
+    return {"loss": loss_sum / max(count, 1), "miou": matrix.scores()["mean_iou"]}

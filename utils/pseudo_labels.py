@@ -26,3 +26,9 @@ def threshold_label(maps, background_threshold):
     maps = torch.as_tensor(maps, dtype=torch.float32)
     peak, best = maps.max(dim=0)
     return torch.where(peak > background_threshold, best + 1, torch.zeros_like(best)).to(torch.uint8)
+
+
+def top_class_target(maps):
+    """Stage 2's regression target (reference §4.2): each pixel keeps only the channel(s) equal to its
+    maximum over classes (ties keep every tied channel); all others become 0. ``maps``: (..., C, H, W)."""
+    return maps * (maps == maps.amax(dim=-3, keepdim=True))

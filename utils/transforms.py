@@ -152,6 +152,13 @@ def classifier_train_transform(input_size=384, crop_size=320, jitter=(0.3, 0.3, 
     ])
 
 
+def refine_train_transform(size=320, jitter=(0.3, 0.3, 0.3, 0.1)):
+    """Stage-2 training (reference §4.2): squash (masks nearest; the stored maps are already at ``size``),
+    colour jitter, flip of image, masks and maps together, normalise. The original's RandomCrop(320) after
+    the squash to 320 is a no-op and is left out."""
+    return Compose([SquashResize(size), ColorJitter(*jitter), RandomHorizontalFlip(), ToTensor()])
+
+
 def eval_transform(size=320, resize_masks=True):
     """Evaluation: image squashed to ``size``; masks resized too ("valid" mode) or kept ("test" mode)."""
     return Compose([SquashResize(size, masks=resize_masks), ToTensor()])

@@ -183,12 +183,19 @@ def derive_cls_lists(voc_root, out_dir=None):
     return written
 
 
-def find_list(voc_root, name):
-    """``<voc_root>/lists/<name>.txt``, derived from the label maps on first use when it does not exist."""
-    path = Path(voc_root) / LIST_DIR / f"{name}.txt"
-    if not path.is_file():
-        derive_cls_lists(voc_root)
+def ensure_list(voc_root, relative):
+    """``<voc_root>/<relative>``; a missing ``lists/{train_aug_cls,train_cls,val_cls}.txt`` is derived from the
+    label maps first."""
+    root = Path(voc_root)
+    path = root / relative
+    if not path.is_file() and path.parent == root / LIST_DIR and path.stem in ("train_aug_cls", "train_cls", "val_cls"):
+        derive_cls_lists(root)
     return path
+
+
+def list_entries(voc_root, relative):
+    """``read_list`` of ``<voc_root>/<relative>``, deriving the standard lists when missing."""
+    return read_list(ensure_list(voc_root, relative), voc_root)
 
 
 def main(argv=None):

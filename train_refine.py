@@ -1,0 +1,80 @@
+"""Stage 2: train the refinement network to regress the stage-1 localization maps (reference §4).
+
+    python train_refine.py --config configs/refine_voc.yaml --voc-root /data/VOC2012
+    torchrun --nproc_per_node 2 train_refine.py --config configs/refine_voc.yaml --voc-root /data/VOC2012
+
+Reads ``<voc_root>/localization_maps/<id>.npy`` (or ``data.maps_dir``). Writes ``last.pth`` every epoch
+(``--resume auto``), ``best.pth`` when ``val.select_best``, ``config.yaml`` and ``log.jsonl``.
+"""
+
+import sys
+from pathlib import Path
+
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from models.refine import RefineNet
+from train_cls import load_config, parse_args
+from utils import checkpoints, config, voc
+from utils.distributed import Runtime
+from utils.evaluation import validate_refiner
+from utils.pseudo_labels import top_class_target
+from utils.training import build_optimizer, fit, make_train_loader, save_run_config, seed_everything
+from utils.transforms import refine_train_transform
+
+
+def train(cfg, args):
+    runtime = Runtime(args.device)
+    seed_everything(cfg["train"]["seed"], runtime.rank)
+    data, tcfg = cfg["data"], cfg["train"]
+    root = Path(data["voc_root"])
+    maps_dir = Path(data["maps_dir"] or root / "localization_maps")
+    train_set = voc.VOCDataset(root, voc.list_entries(root, data["train_list"]),
+                               refine_train_transform(data["size"], data["jitter"]), maps_dir=maps_dir)
+    train_loader = make_train_loader(train_set, cfg, runtime)
+
+    margs = {"num_classes": voc.NUM_CLASSES, "width": float(cfg["model"]["width"]),
+             "pretrained": bool(cfg["model"]["pretrained"]), "pretrained_path": cfg["model"].get("pretrained_path")}
+    model = RefineNet(**margs).to(runtime.device)
+    optimizer = build_optimizer([{"params": list(model.parameters()), "lr": tcfg["lr"]}], tcfg)
+
+    validate = None
+    if cfg["val"]["every"] and runtime.is_main:
+        from utils.transforms import eval_transform
+
+        val_set = voc.VOCDataset(root, voc.list_entries(root, data["val_list"]), eval_transform(data["size"]),
+                                 masks=("label", "saliency"), maps_dir=maps_dir)
+        val_loader = DataLoader(val_set, batch_size=tcfg["batch_size"], num_workers=data["num_workers"],
+                                collate_fn=voc.collate)
+
+        def validate(m):
+            return validate_refiner(m, val_loader, runtime.device, cfg["val"]["alpha"])
+
+    def loss_fn(net, batch):
+        images = batch["image"].to(runtime.device, non_blocking=True)
+        target = top_class_target(batch["maps"].to(runtime.device, non_blocking=True))
+        return F.mse_loss(net(images), target)
+
+    save_run_config(cfg, runtime)
+    if runtime.is_main:
+        print(f"stage 2: refinement network, width {margs['width']}, {len(train_set)} train images with maps from "
+              f"{maps_dir}, {tcfg['epochs']} epochs, global batch {tcfg['batch_size']} on {runtime.world_size} "
+              f"process(es), {runtime.device}", flush=True)
+    try:
+        return fit(cfg=cfg, runtime=runtime, model=model, model_args=margs, kind="refine", optimizer=optimizer,
+                   train_loader=train_loader, loss_fn=loss_fn, validate_fn=validate, resume_arg=args.resume,
+                   progress=not args.no_progress)
+    finally:
+        runtime.close()
+
+
+def main(argv=None):
+    args = parse_args(argv, default_config="configs/refine_voc.yaml", description=__doc__)
+    try:
+        return train(load_config(args), args)
+    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
