@@ -40,7 +40,9 @@ def test_uint8_inputs_do_not_overflow_and_255_predictions_are_counted_apart():
     pred = np.array([[20, 255], [3, 1]], dtype=np.uint8)
     matrix = ConfusionMatrix().update(gt, pred)
     assert matrix.hist[20, 20] == 1 and matrix.hist[1, 1] == 1
-    assert matrix.hist.sum() == 2 and matrix.unassigned == 1
+    assert matrix.hist.sum() == 2 and matrix.unassigned.tolist() == [0] * 20 + [1]
+    assert matrix.scores()["class_iou"]["20"] == 1.0
+    assert matrix.scores(unassigned_as_wrong=True)["class_iou"]["20"] == 0.5
 
 
 def test_markdown_table_lists_every_class_and_the_mean():

@@ -17,7 +17,8 @@ class ConfusionMatrix:
     def __init__(self, num_classes=21):
         self.num_classes = num_classes
         self.hist = np.zeros((num_classes, num_classes), dtype=np.int64)
-        self.unassigned = 0  # valid GT pixels whose prediction is no class (e.g. 255 in a pseudo label)
+        # per GT class: pixels whose prediction is no class (e.g. 255 = ignore in a pseudo label)
+        self.unassigned = np.zeros(num_classes, dtype=np.int64)
 
     def update(self, gt, pred):
         """Add one label map pair (any integer dtype; values outside 0..n-1 in ``gt`` are ignored)."""
@@ -30,7 +31,7 @@ class ConfusionMatrix:
         # predictions outside 0..n-1 (e.g. 255 "ignore" in a pseudo label) must not alias into another cell
         pred_ok = valid & (pred >= 0) & (pred < n)
         self.hist += np.bincount(n * gt[pred_ok] + pred[pred_ok], minlength=n * n).reshape(n, n)
-        self.unassigned += int((valid & ~pred_ok).sum())
+        self.unassigned += np.bincount(gt[valid & ~pred_ok], minlength=n)
         return self
 
     def merge(self, other):
@@ -38,10 +39,12 @@ class ConfusionMatrix:
         self.unassigned += other.unassigned
         return self
 
-    def scores(self):
+    def scores(self, unassigned_as_wrong=False):
+        """Scores with unassigned predictions left out (default) or counted as wrong (they then enlarge
+        each GT class's pixel count, lowering its IoU and accuracy)."""
         hist = self.hist.astype(np.float64)
         diag = np.diag(hist)
-        gt_count = hist.sum(axis=1)
+        gt_count = hist.sum(axis=1) + (self.unassigned if unassigned_as_wrong else 0)
         pred_count = hist.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = diag / (gt_count + pred_count - diag)

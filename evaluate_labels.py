@@ -1,0 +1,68 @@
+"""Score label maps (pseudo labels or segmentation predictions, palette/grey PNGs) against the GT.
+
+    python evaluate_labels.py --voc-root VOC2012 --list VOC2012/lists/train_cls.txt \
+        --labels VOC2012/refined_pseudo_segmentation_labels --out results/pseudo_labels
+
+Label value 255 (ignore) is reported as coverage and scored twice: left out ("ignored") and counted as
+wrong. Writes ``scores.json`` and ``scores.md`` to ``--out``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from utils import voc
+from utils.io import atomic_write, save_json
+from utils.metrics import ConfusionMatrix, markdown_table
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voc-root", required=True)
+    parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
+    parser.add_argument("--labels", required=True, help="folder of <id>.png label maps")
+    parser.add_argument("--gt-dir", default=voc.GT_DIR, help="GT folder under the VOC root")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--name", default=None)
+    return parser.parse_args(argv)
+
+
+def evaluate(voc_root, ids, labels_dir, gt_dir=voc.GT_DIR):
+    matrix = ConfusionMatrix()
+    labelled = total = 0
+    for image_id in tqdm(ids, desc="evaluating labels", unit="image"):
+        pred = voc.load_label(Path(labels_dir) / f"{image_id}.png")
+        gt = voc.load_label(Path(voc_root) / gt_dir / f"{image_id}.png")
+        if pred.shape != gt.shape:
+            raise voc.DataError(f"{Path(labels_dir) / image_id}.png is {pred.shape}, its GT is {gt.shape}")
+        matrix.update(gt, pred)
+        labelled += int((pred != voc.IGNORE_LABEL).sum())
+        total += pred.size
+    return {"images": len(ids), "coverage": labelled / max(total, 1),
+            "ignored": matrix.scores(), "as_wrong": matrix.scores(unassigned_as_wrong=True)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        ids = [i for i, _ in voc.read_list(args.list, voc_root=args.voc_root)]
+        results = {"labels": args.labels, "list": args.list, **evaluate(args.voc_root, ids, args.labels, args.gt_dir)}
+    except voc.DataError as error:
+        sys.exit(f"error: {error}")
+    name = args.name or Path(args.labels).name
+    out = Path(args.out)
+    save_json(out / "scores.json", results)
+    table = markdown_table({f"{name} (255 ignored)": results["ignored"], f"{name} (255 wrong)": results["as_wrong"]})
+    text = (f"# Labels: {name}\n\n{results['images']} images of {args.list}; coverage (pixels not 255): "
+            f"{100 * results['coverage']:.1f} %\n\n{table}")
+    atomic_write(out / "scores.md", lambda tmp: Path(tmp).write_text(text))
+    print(f"{name}: mIoU {100 * results['ignored']['mean_iou']:.1f} (255 ignored), "
+          f"{100 * results['as_wrong']['mean_iou']:.1f} (255 wrong), coverage {100 * results['coverage']:.1f} % "
+          f"-> {out / 'scores.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
