@@ -1,0 +1,111 @@
+"""Stages 2 and 3: refinement target, pseudo-label rules, parity fixture D, resume and bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import PARITY, run_cli
+from utils import checkpoints, voc
+from utils.cam import multiscale_maps
+from utils.io import voc_palette
+from utils.pseudo_labels import pseudo_label, threshold_label, top_class_target
+from utils.transforms import eval_transform
+
+EXPECTED = PARITY / "expected"
+
+
+def test_top_class_target_keeps_ties_and_zeroes_absent_classes():
+    maps = torch.zeros(1, 3, 1, 4)
+    maps[0, :, 0, 0] = torch.tensor([0.2, 0.7, 0.1])  # one winner
+    maps[0, :, 0, 1] = torch.tensor([0.5, 0.5, 0.1])  # a tie keeps both
+    # pixel 2: all classes absent (0) -> target 0; pixel 3: a single class
+    maps[0, 2, 0, 3] = 0.3
+    target = top_class_target(maps)[0, :, 0]
+    assert target[:, 0].tolist() == pytest.approx([0.0, 0.7, 0.0])
+    assert target[:, 1].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert target[:, 2].tolist() == [0.0, 0.0, 0.0]
+    assert target[:, 3].tolist() == pytest.approx([0.0, 0.0, 0.3])
+
+
+def test_pseudo_label_rules():
+    maps = torch.zeros(20, 1, 6)
+    salient = torch.tensor([[True, True, True, False, False, True]])
+    maps[3, 0, 0] = 0.5                      # salient, class 3 above alpha -> 4
+    maps[3, 0, 1] = 0.1                      # salient, below alpha -> background -> ignored
+    maps[[1, 2, 5], 0, 2] = 0.95             # three classes above 0.9 -> ignored
+    maps[7, 0, 3] = 0.99                     # not salient: background 1.0 wins (needs > 1)
+    maps[7, 0, 4] = 1.2                      # not salient but > 1 -> 8
+    maps[[1, 2], 0, 5] = 0.95                # two classes above 0.9 is fine: the lower index wins the tie
+    label = pseudo_label(maps, salient)[0].tolist()
+    assert label == [4, 255, 255, 0, 8, 2]
+
+
+def test_threshold_label_without_saliency():
+    maps = torch.zeros(20, 1, 3)
+    maps[4, 0, 0], maps[4, 0, 1] = 0.6, 0.2
+    assert threshold_label(maps, 0.3)[0].tolist() == [5, 0, 0]
+
+
+def test_refined_maps_match_original(parity_weights, parity_voc):
+    model, _ = checkpoints.load_refiner(parity_weights("drs_refine"))
+    expected = np.load(EXPECTED / "D_refined_maps_s0_subset.npz")
+    entries = [e for e in voc.read_list(parity_voc / "lists" / "train_aug_cls.txt") if e[0] in expected.files]
+    dataset = voc.VOCDataset(parity_voc, entries, eval_transform(320, resize_masks=False))
+    batch = voc.collate([dataset[i] for i in range(len(dataset))])
+    maps = multiscale_maps(model.eval().score_maps, batch["image"], batch["classes"], batch["size"])
+    for image_id, ours in zip(batch["id"], maps, strict=True):
+        np.testing.assert_allclose(ours.numpy(), expected[image_id], atol=1e-4)
+
+
+def pseudo_label_args(voc_root, checkpoint, out, *extra):
+    return ["make_pseudo_labels.py", "--voc-root", voc_root, "--list", voc_root / "lists" / "train_aug_cls.txt",
+            "--checkpoint", checkpoint, "--out", out, "--num-workers", "0", *extra]
+
+
+def test_pseudo_label_cli_matches_original_and_resumes(parity_weights, parity_voc, tmp_path):
+    out = tmp_path / "labels"
+    args = pseudo_label_args(parity_voc, parity_weights("drs_refine"), out)
+    run_cli(*args)
+    expected_dir = EXPECTED / "D_pseudo_labels_s0"
+    names = sorted(p.name for p in expected_dir.glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == names
+    for name in names:
+        ours, theirs = Image.open(out / name), Image.open(expected_dir / name)
+        assert ours.mode == "P" and ours.size == theirs.size
+        assert ours.getpalette()[:63] == voc_palette()[:63]
+        assert (np.array(ours) != np.array(theirs)).mean() < 0.005
+        assert set(np.unique(np.array(ours))) <= set(range(21)) | {255}
+    # resume: delete half, rerun -> the same set, the kept files untouched
+    before = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    for name in names[::2]:
+        (out / name).unlink()
+    result = run_cli(*args)
+    assert f"{len(names) - len(names[::2])} of {len(names)} already" in result.stdout
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
+
+
+def test_classifier_checkpoint_where_refiner_expected(parity_weights, parity_voc, tmp_path):
+    result = run_cli(*pseudo_label_args(parity_voc, parity_weights("drs_cls_learnable"), tmp_path / "o"), check=False)
+    assert result.returncode != 0 and "not a refinement network" in result.stderr
+
+
+def test_missing_saliency_names_the_file(parity_weights, parity_voc, tmp_path):
+    (parity_voc / "saliency_map" / "pv04_coffee.png").unlink()
+    result = run_cli(*pseudo_label_args(parity_voc, parity_weights("drs_refine"), tmp_path / "o"), check=False)
+    assert result.returncode != 0 and "missing saliency map" in result.stderr and "pv04_coffee.png" in result.stderr
+
+
+def test_stage2_input_errors(parity_voc, tmp_path):
+    maps_dir = tmp_path / "maps"
+    maps_dir.mkdir()
+    entries = [("pv03_chelsea", [7]), ("pv06_rocket", [0])]
+    np.save(maps_dir / "pv03_chelsea.npy", np.zeros((20, 64, 64), np.uint8))
+    dataset = voc.VOCDataset(parity_voc, entries, eval_transform(32), maps_dir=maps_dir)
+    with pytest.raises(voc.DataError, match=r"pv03_chelsea.npy is \(64, 64\).*squashed to \(32, 32\)"):
+        dataset[0]
+    with pytest.raises(voc.DataError, match=r"missing localization map: .*pv06_rocket.npy"):
+        dataset[1]
+    np.save(maps_dir / "pv06_rocket.npy", np.zeros((21, 32, 32), np.uint8))
+    with pytest.raises(voc.DataError, match=r"pv06_rocket.npy is uint8 \(21, 32, 32\)"):
+        dataset[1]
