@@ -11,10 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from utils import voc
-from utils.io import atomic_write, save_json
+from utils.io import atomic_write, progress, save_json
 from utils.metrics import ConfusionMatrix, markdown_table
 
 
@@ -32,7 +30,7 @@ def parse_args(argv=None):
 def evaluate(voc_root, ids, labels_dir, gt_dir=voc.GT_DIR):
     matrix = ConfusionMatrix()
     labelled = total = 0
-    for image_id in tqdm(ids, desc="evaluating labels", unit="image"):
+    for image_id in progress(ids, desc="evaluating labels", unit="image"):
         pred = voc.load_label(Path(labels_dir) / f"{image_id}.png")
         gt = voc.load_label(Path(voc_root) / gt_dir / f"{image_id}.png")
         if pred.shape != gt.shape:

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from utils import checkpoints, voc
 from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam
 from utils.distributed import resolve_device
 from utils.evaluation import MapEvaluator, average_precision
-from utils.io import atomic_write, save_json
+from utils.io import atomic_write, progress, save_json
 from utils.metrics import markdown_table
 from utils.transforms import eval_transform
 
@@ -67,7 +66,7 @@ def evaluate(args):
         device = resolve_device(args.device)
         model, _ = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
         model.eval()
-    for batch in tqdm(loader, desc="evaluating maps", unit="image"):
+    for batch in progress(loader, desc="evaluating maps", unit="image"):
         image_id, size = batch["id"][0], batch["size"][0]
         classes = batch["classes"]
         if model is None:

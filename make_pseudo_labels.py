@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from utils import checkpoints, voc
 from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_maps
 from utils.crf import CRFParams, crf_from_labels, run_parallel
 from utils.distributed import resolve_device
-from utils.io import save_label_png
+from utils.io import progress, save_label_png
 from utils.pseudo_labels import pseudo_label, threshold_label
 from utils.transforms import eval_transform
 
@@ -64,7 +63,7 @@ def label_images(args, entries, out_dir, device):
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                                          collate_fn=voc.collate)
     written = []
-    for batch in tqdm(loader, desc="pseudo labels", unit="batch"):
+    for batch in progress(loader, desc="pseudo labels", unit="batch"):
         maps = multiscale_maps(score_fn, batch["image"].to(device), batch["classes"].to(device), batch["size"],
                                args.scales, normalize=normalize)
         for index, image_id in enumerate(batch["id"]):

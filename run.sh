@@ -26,15 +26,46 @@ done
 
 step() { printf '\n== %s\n' "$*"; }
 
-# Train one stage-1 classifier unless its last.pth exists (an interrupted run resumes).
-train_classifier() {  # config out_dir [--set k=v ...]
-  local config=$1 out=$2; shift 2
+# Run a training script unless its output folder is marked done; an interrupted run resumes from last.pth.
+train() {  # script config voc_root out_dir [--set k=v ...]
+  local script=$1 config=$2 root=$3 out=$4; shift 4
   if [ -f "$out/done" ]; then echo "$out: trained, skipping"; return; fi
   local launcher=("$PY")
   [ "$GPUS" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node "$GPUS")
-  "${launcher[@]}" train_cls.py --config "$config" --voc-root "$ROOT" --out-dir "$out" --device "$DEVICE" \
+  "${launcher[@]}" "$script" --config "$config" --voc-root "$root" --out-dir "$out" --device "$DEVICE" \
     --resume auto "$@"
   touch "$out/done"
+}
+
+# The demo's stage 1: one pre-trained plain network (the ImageNet stand-in), then every variant fine-tuned
+# from it with the same data and budget, evaluated side by side on the val images.
+demo_stage1() {
+  step "pre-training stand-in: plain ReLU on a disjoint synthetic set (seed 1)"
+  $PY -m utils.demo_data --out "$OUT/pretrain/VOC2012" --seed 1
+  train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$OUT/cls_pretrain"
+  local runs=()
+  for variant in relu 0.9 0.7 learnable; do
+    step "stage 1: classifier with ${variant} activations, fine-tuned from the stand-in"
+    train train_cls.py configs/cls_demo.yaml "$ROOT" "$OUT/cls_$variant" \
+      --set model.drs="$variant" --set model.init_from="$OUT/cls_pretrain/last.pth"
+    $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --checkpoint "$OUT/cls_$variant/last.pth" \
+      --out "$OUT/eval/cls_$variant" --name "$variant" --device "$DEVICE" "${DEMO_SIZE[@]}"
+    runs+=("$(variant_title "$variant")=$OUT/eval/cls_$variant/scores.json")
+  done
+  step "stage 1 comparison (demo val images)"
+  $PY -m utils.report --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" "${runs[@]}"
+  CLS_CKPT=$OUT/cls_0.9/last.pth  # the DRS variant that trains at this size feeds the next stages (docs/demo.md)
+  step "localization maps of DRS (delta 0.9) for train_aug"
+  $PY make_localization_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$CLS_CKPT" \
+    --out "$ROOT/localization_maps" --device "$DEVICE" "${DEMO_SIZE[@]}"
+}
+
+variant_title() {
+  case "$1" in
+    relu) echo "plain ReLU (no DRS)" ;;
+    learnable) echo "DRS, learnable" ;;
+    *) echo "DRS, fixed delta $1" ;;
+  esac
 }
 
 if [ -z "$VOC_ROOT" ]; then
@@ -44,8 +75,7 @@ if [ -z "$VOC_ROOT" ]; then
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
   DEMO_SIZE=(--size 112 --scales 96 112 128)
-  # shellcheck source=/dev/null
-  source configs/demo_stage1.sh
+  demo_stage1
 else
   OUT=${OUT:-outputs/voc}
   ROOT=$VOC_ROOT
@@ -54,7 +84,7 @@ else
   [ -f "$ROOT/lists/train_aug_cls.txt" ] || $PY -m utils.voc --voc-root "$ROOT"
   if [ -z "$CLS_CKPT" ]; then
     step "stage 1: DRS classifier"
-    train_classifier configs/cls_voc.yaml "$OUT/cls_drs"
+    train train_cls.py configs/cls_voc.yaml "$ROOT" "$OUT/cls_drs"
     CLS_CKPT=$OUT/cls_drs/last.pth
   fi
   step "localization maps (train_aug)"

@@ -51,19 +51,17 @@ def quantize_maps(maps):
     return (maps * 255).clamp(0, 255).to(torch.uint8)
 
 
-def write_localization_maps(model, loader, out_dir, device, scales=LOCALIZATION_SCALES, progress=True):
+def write_localization_maps(model, loader, out_dir, device, scales=LOCALIZATION_SCALES, show_progress=True):
     """Save ``<id>.npy`` (uint8, (20, S, S)) for every image of ``loader``; existing files are skipped by the
     caller's list. Returns the number written."""
     from pathlib import Path
 
-    from tqdm import tqdm
-
-    from utils.io import save_npy
+    from utils.io import progress, save_npy
 
     out_dir = Path(out_dir)
     written = 0
     model.eval()
-    for batch in tqdm(loader, desc="localization maps", unit="batch", disable=not progress):
+    for batch in progress(loader, quiet=not show_progress, desc="localization maps", unit="batch"):
         images = batch["image"].to(device)
         classes = batch["classes"].to(device)
         maps = quantize_maps(multiscale_cam(model, images, classes, scales=scales)).cpu().numpy()

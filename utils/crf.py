@@ -59,14 +59,14 @@ def run_parallel(function, jobs, processes=None, desc="dense CRF"):
     import multiprocessing as mp
     import os
 
-    from tqdm import tqdm
+    from utils.io import progress
 
     processes = processes or os.cpu_count() or 1
     jobs = list(jobs)
     if processes <= 1 or len(jobs) <= 1:
-        return [function(*job) for job in tqdm(jobs, desc=desc)]
+        return [function(*job) for job in progress(jobs, desc=desc)]
     with mp.get_context("spawn").Pool(processes) as pool:
-        return list(tqdm(pool.imap(_call, [(function, job) for job in jobs]), total=len(jobs), desc=desc))
+        return list(progress(pool.imap(_call, [(function, job) for job in jobs]), total=len(jobs), desc=desc))
 
 
 def _call(item):

@@ -79,3 +79,10 @@ def append_jsonl(path, record):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         handle.write(json.dumps(record) + "\n")
+
+
+def progress(iterable=None, quiet=False, **kwargs):
+    """A tqdm bar on interactive terminals; nothing when output goes to a file or pipe (or ``quiet``)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, disable=True if quiet else None, dynamic_ncols=True, **kwargs)

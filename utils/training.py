@@ -92,7 +92,6 @@ def fit(*, cfg, runtime, model, model_args, kind, optimizer, train_loader, loss_
     ``last.pth`` (atomic), so ``--resume auto`` continues after the last finished epoch.
     """
     from torch.nn.parallel import DistributedDataParallel
-    from tqdm import tqdm
 
     out_dir = Path(cfg["output"]["dir"])
     tcfg = cfg["train"]
@@ -117,7 +116,7 @@ def fit(*, cfg, runtime, model, model_args, kind, optimizer, train_loader, loss_
         net.train()
         running, seen = 0.0, 0
         quiet = not progress or not runtime.is_main
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{tcfg['epochs']}", disable=quiet)
+        bar = progress(train_loader, quiet=quiet, desc=f"epoch {epoch}/{tcfg['epochs']}")
         for batch in bar:
             loss = loss_fn(net, batch)
             optimizer.zero_grad(set_to_none=True)
