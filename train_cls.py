@@ -104,7 +104,7 @@ def train(cfg, args):
     try:
         return fit(cfg=cfg, runtime=runtime, model=model, model_args=margs, kind="classifier", optimizer=optimizer,
                    train_loader=train_loader, loss_fn=loss_fn, validate_fn=validate, resume_arg=args.resume,
-                   progress=not args.no_progress)
+                   show_progress=not args.no_progress)
     finally:
         runtime.close()
 

@@ -23,6 +23,18 @@ from utils.training import build_optimizer, fit, make_train_loader, save_run_con
 from utils.transforms import refine_train_transform
 
 
+def backbone_warm_start(model, path):
+    """Copy the VGG backbone convs of one of our stage-1 checkpoints (the demo's ImageNet stand-in)."""
+    state = checkpoints.load_file(path)
+    if not checkpoints.is_ours(state):
+        raise checkpoints.CheckpointError(f"model.init_from {path} must be a checkpoint of this project")
+    convs = {k: v for k, v in state["model"].items() if k.startswith("backbone.") and ".fc." not in k}
+    try:
+        model.load_state_dict(convs, strict=False)
+    except RuntimeError as error:
+        raise checkpoints.CheckpointError(f"{path}: backbone does not fit: {str(error).splitlines()[0]}") from None
+
+
 def train(cfg, args):
     runtime = Runtime(args.device)
     seed_everything(cfg["train"]["seed"], runtime.rank)
@@ -35,7 +47,10 @@ def train(cfg, args):
 
     margs = {"num_classes": voc.NUM_CLASSES, "width": float(cfg["model"]["width"]),
              "pretrained": bool(cfg["model"]["pretrained"]), "pretrained_path": cfg["model"].get("pretrained_path")}
-    model = RefineNet(**margs).to(runtime.device)
+    model = RefineNet(**margs)
+    if cfg["model"].get("init_from"):
+        backbone_warm_start(model, cfg["model"]["init_from"])
+    model.to(runtime.device)
     optimizer = build_optimizer([{"params": list(model.parameters()), "lr": tcfg["lr"]}], tcfg)
 
     validate = None
@@ -63,7 +78,7 @@ def train(cfg, args):
     try:
         return fit(cfg=cfg, runtime=runtime, model=model, model_args=margs, kind="refine", optimizer=optimizer,
                    train_loader=train_loader, loss_fn=loss_fn, validate_fn=validate, resume_arg=args.resume,
-                   progress=not args.no_progress)
+                   show_progress=not args.no_progress)
     finally:
         runtime.close()
 

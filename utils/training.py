@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from utils import checkpoints
-from utils.io import append_jsonl
+from utils.io import append_jsonl, progress
 
 
 def seed_everything(seed, rank=0):
@@ -84,7 +84,7 @@ class RunLog:
 
 
 def fit(*, cfg, runtime, model, model_args, kind, optimizer, train_loader, loss_fn, validate_fn=None,
-        resume_arg=None, progress=True):
+        resume_arg=None, show_progress=True):
     """The epoch loop shared by the training scripts.
 
     ``loss_fn(net, batch) -> loss`` runs one step's forward; ``validate_fn(model) -> metrics`` (main process
@@ -115,7 +115,7 @@ def fit(*, cfg, runtime, model, model_args, kind, optimizer, train_loader, loss_
             train_loader.sampler.set_epoch(epoch)
         net.train()
         running, seen = 0.0, 0
-        quiet = not progress or not runtime.is_main
+        quiet = not show_progress or not runtime.is_main
         bar = progress(train_loader, quiet=quiet, desc=f"epoch {epoch}/{tcfg['epochs']}")
         for batch in bar:
             loss = loss_fn(net, batch)
