@@ -6,7 +6,7 @@ From stored maps (uint8 ``<id>.npy``, as make_localization_maps.py writes them):
         --out results/maps
 
 or straight from a classifier checkpoint (maps computed at the original image size, as test_cls.py did; this
-also reports the classification mAP)::
+also reports the classification mAP), or from a refinement net (``--stage refine``, as test_refine.py did)::
 
     python evaluate_maps.py --voc-root VOC2012 --list ... --checkpoint best.pth --out results/maps
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from utils import checkpoints, voc
-from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam
+from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam, multiscale_maps
 from utils.distributed import resolve_device
 from utils.evaluation import MapEvaluator, average_precision
 from utils.io import atomic_write, progress, save_json
@@ -36,7 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--maps", help="folder of stored uint8 <id>.npy maps")
-    source.add_argument("--checkpoint", help="classifier checkpoint (ours or the released format)")
+    source.add_argument("--checkpoint", help="classifier or refinement-net checkpoint (ours or the released format)")
+    parser.add_argument("--stage", choices=("cls", "refine"), default="cls",
+                        help="what --checkpoint holds: the stage-1 classifier (CAMs) or the refinement net (raw maps)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", default=None, help="title for the tables (default: the maps/checkpoint name)")
     parser.add_argument("--alpha", type=float, default=0.2)
@@ -64,13 +66,19 @@ def evaluate(args):
     model, device, logits, targets = None, None, [], []
     if args.checkpoint:
         device = resolve_device(args.device)
-        model, _ = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
+        if args.stage == "cls":
+            model, _ = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
+        else:
+            model, _ = checkpoints.load_refiner(args.checkpoint, map_location=device)
         model.eval()
     for batch in progress(loader, desc="evaluating maps", unit="image"):
         image_id, size = batch["id"][0], batch["size"][0]
         classes = batch["classes"]
         if model is None:
             maps = stored_maps(args.maps, image_id, size)
+        elif args.stage == "refine":
+            maps = multiscale_maps(model.score_maps, batch["image"].to(device), classes.to(device), [size],
+                                   args.scales)[0].cpu()
         else:
             images = batch["image"].to(device)
             with torch.no_grad():

@@ -3,23 +3,25 @@
 #
 #   bash run.sh                                  # the synthetic demo dataset (CPU, minutes)
 #   bash run.sh --voc-root /data/VOC2012         # PASCAL VOC 2012 (GPU)
-#   bash run.sh --voc-root /data/VOC2012 --cls-checkpoint DRS_learnable.pth   # skip stage-1 training
+#   bash run.sh --voc-root /data/VOC2012 --refine-checkpoint Refine_DRS_learnable.pth   # straight to stage 3
 #
-# Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc), --cls-checkpoint CKPT,
-#          --device auto|cpu|cuda, --gpus N (torchrun processes for training; VOC only).
+# Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
+#          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
+#          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
-VOC_ROOT="" OUT="" CLS_CKPT="" DEVICE=auto GPUS=1
+VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --cls-checkpoint) CLS_CKPT=$2; shift 2 ;;
+    --refine-checkpoint) REFINE_CKPT=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;
     --gpus) GPUS=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -37,29 +39,6 @@ train() {  # script config voc_root out_dir [--set k=v ...]
   touch "$out/done"
 }
 
-# The demo's stage 1: one pre-trained plain network (the ImageNet stand-in), then every variant fine-tuned
-# from it with the same data and budget, evaluated side by side on the val images.
-demo_stage1() {
-  step "pre-training stand-in: plain ReLU on a disjoint synthetic set (seed 1)"
-  $PY -m utils.demo_data --out "$OUT/pretrain/VOC2012" --seed 1
-  train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$OUT/cls_pretrain"
-  local runs=()
-  for variant in relu 0.9 0.7 learnable; do
-    step "stage 1: classifier with ${variant} activations, fine-tuned from the stand-in"
-    train train_cls.py configs/cls_demo.yaml "$ROOT" "$OUT/cls_$variant" \
-      --set model.drs="$variant" --set model.init_from="$OUT/cls_pretrain/last.pth"
-    $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --checkpoint "$OUT/cls_$variant/last.pth" \
-      --out "$OUT/eval/cls_$variant" --name "$variant" --device "$DEVICE" "${DEMO_SIZE[@]}"
-    runs+=("$(variant_title "$variant")=$OUT/eval/cls_$variant/scores.json")
-  done
-  step "stage 1 comparison (demo val images)"
-  $PY -m utils.report --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" "${runs[@]}"
-  CLS_CKPT=$OUT/cls_0.9/last.pth  # the DRS variant that trains at this size feeds the next stages (docs/demo.md)
-  step "localization maps of DRS (delta 0.9) for train_aug"
-  $PY make_localization_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$CLS_CKPT" \
-    --out "$ROOT/localization_maps" --device "$DEVICE" "${DEMO_SIZE[@]}"
-}
-
 variant_title() {
   case "$1" in
     relu) echo "plain ReLU (no DRS)" ;;
@@ -68,30 +47,81 @@ variant_title() {
   esac
 }
 
+# The demo's stage 1: one pre-trained plain network (the ImageNet stand-in), then every variant fine-tuned
+# from it with the same data and budget, evaluated side by side on the val images.
+demo_stage1() {
+  step "pre-training stand-in: plain ReLU on a disjoint synthetic set (seed 1)"
+  $PY -m utils.demo_data --out "$OUT/pretrain/VOC2012" --seed 1
+  train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$OUT/cls_pretrain"
+  local runs=() pictures=()
+  for variant in relu 0.9 0.7 learnable; do
+    step "stage 1: classifier with ${variant} activations, fine-tuned from the stand-in"
+    train train_cls.py configs/cls_demo.yaml "$ROOT" "$OUT/cls_$variant" \
+      --set model.drs="$variant" --set model.init_from="$OUT/cls_pretrain/last.pth"
+    $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --checkpoint "$OUT/cls_$variant/last.pth" \
+      --out "$OUT/eval/cls_$variant" --name "$variant" --device "$DEVICE" "${SIZE_ARGS[@]}"
+    runs+=("$(variant_title "$variant")=$OUT/eval/cls_$variant/scores.json")
+    pictures+=(--checkpoint "$variant=$OUT/cls_$variant/last.pth")
+  done
+  step "stage 1 comparison (demo val images)"
+  $PY -m utils.report --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" "${runs[@]}"
+  $PY -m utils.visualize --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --out "$OUT/stage1_maps.png" \
+    "${SIZE_ARGS[@]}" "${pictures[@]}"
+  CLS_CKPT=$OUT/cls_0.9/last.pth  # the DRS variant that trains at this size feeds the next stages (docs/demo.md)
+}
+
 if [ -z "$VOC_ROOT" ]; then
   OUT=${OUT:-outputs/demo}
   echo "No --voc-root given: running on the synthetic demo dataset in $OUT (see docs/demo.md)."
   ROOT=$OUT/VOC2012
+  SIZE_ARGS=(--size 112 --scales 96 112 128)
+  CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
-  DEMO_SIZE=(--size 112 --scales 96 112 128)
-  demo_stage1
+  [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
+  REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
+  [ -f "$OUT/cls_pretrain/last.pth" ] && REFINE_SETS=(--set model.init_from="$OUT/cls_pretrain/last.pth")
 else
   OUT=${OUT:-outputs/voc}
   ROOT=$VOC_ROOT
+  SIZE_ARGS=()
+  CLS_CONFIG=configs/cls_voc.yaml REFINE_CONFIG=configs/refine_voc.yaml
+  REFINE_SETS=()
   echo "VOC root: $ROOT; outputs in $OUT."
   step "image-level label lists"
   [ -f "$ROOT/lists/train_aug_cls.txt" ] || $PY -m utils.voc --voc-root "$ROOT"
-  if [ -z "$CLS_CKPT" ]; then
+  if [ -z "$CLS_CKPT$REFINE_CKPT" ]; then
     step "stage 1: DRS classifier"
-    train train_cls.py configs/cls_voc.yaml "$ROOT" "$OUT/cls_drs"
+    train train_cls.py "$CLS_CONFIG" "$ROOT" "$OUT/cls_drs"
     CLS_CKPT=$OUT/cls_drs/last.pth
   fi
-  step "localization maps (train_aug)"
-  $PY make_localization_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" \
-    --checkpoint "$CLS_CKPT" --out "$ROOT/localization_maps" --device "$DEVICE"
-  step "evaluation of the maps (train list, original protocol)"
-  $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_cls.txt" --maps "$ROOT/localization_maps" \
-    --out "$OUT/eval/cls_drs" --name "DRS"
-  cat "$OUT/eval/cls_drs/scores.md"
 fi
+
+TRAIN_LIST=$ROOT/lists/train_cls.txt  # the original scores every stage on the train images
+reports=()
+if [ -z "$REFINE_CKPT" ]; then
+  step "localization maps (train_aug)"
+  $PY make_localization_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$CLS_CKPT" \
+    --out "$ROOT/localization_maps" --device "$DEVICE" "${SIZE_ARGS[@]}"
+  $PY evaluate_maps.py --voc-root "$ROOT" --list "$TRAIN_LIST" --maps "$ROOT/localization_maps" \
+    --out "$OUT/eval/localization_maps" --name "stage-1 maps" "${SIZE_ARGS[@]}"
+  reports+=("stage-1 localization maps (α 0.2, saliency)=$OUT/eval/localization_maps/scores.json")
+  step "stage 2: refinement network"
+  train train_refine.py "$REFINE_CONFIG" "$ROOT" "$OUT/refine" "${REFINE_SETS[@]}"
+  REFINE_CKPT=$OUT/refine/last.pth
+fi
+$PY evaluate_maps.py --voc-root "$ROOT" --list "$TRAIN_LIST" --checkpoint "$REFINE_CKPT" --stage refine \
+  --out "$OUT/eval/refined_maps" --name "refined maps" --device "$DEVICE" "${SIZE_ARGS[@]}"
+reports+=("refined maps (α 0.2, saliency)=$OUT/eval/refined_maps/scores.json")
+
+step "stage 3: pseudo labels (train_aug)"
+LABELS=$ROOT/refined_pseudo_segmentation_labels
+$PY make_pseudo_labels.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$REFINE_CKPT" \
+  --out "$LABELS" --device "$DEVICE" "${SIZE_ARGS[@]}"
+$PY evaluate_labels.py --voc-root "$ROOT" --list "$TRAIN_LIST" --labels "$LABELS" --out "$OUT/eval/pseudo_labels" \
+  --name "pseudo labels"
+reports+=("pseudo labels (with 255 ignore)=$OUT/eval/pseudo_labels/scores.json")
+
+step "stages 1-3 on the train images"
+$PY -m utils.report --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
+  "${reports[@]}"

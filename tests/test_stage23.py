@@ -1,5 +1,7 @@
 """Stages 2 and 3: refinement target, pseudo-label rules, parity fixture D, resume and bad inputs."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from PIL import Image
 from tests.conftest import PARITY, run_cli
 from utils import checkpoints, voc
 from utils.cam import multiscale_maps
-from utils.io import voc_palette
+from utils.io import save_label_png, voc_palette
 from utils.pseudo_labels import pseudo_label, threshold_label, top_class_target
 from utils.transforms import eval_transform
 
@@ -109,3 +111,67 @@ def test_stage2_input_errors(parity_voc, tmp_path):
     np.save(maps_dir / "pv06_rocket.npy", np.zeros((21, 32, 32), np.uint8))
     with pytest.raises(voc.DataError, match=r"pv06_rocket.npy is uint8 \(21, 32, 32\)"):
         dataset[1]
+
+
+def test_refine_training_run_resume_and_wrong_maps(parity_weights, parity_voc, tmp_path):
+    maps = tmp_path / "maps"
+    run_cli("make_localization_maps.py", "--voc-root", parity_voc, "--list", parity_voc / "lists" / "train_aug_cls.txt",
+            "--checkpoint", parity_weights("drs_cls_learnable"), "--out", maps, "--num-workers", "0",
+            "--size", "64", "--scales", "48", "64")
+    args = ["train_refine.py", "--config", "configs/refine_demo.yaml", "--voc-root", parity_voc, "--no-progress",
+            "--set", f"data.maps_dir={maps}", "--set", "data.size=64", "--set", "data.num_workers=0",
+            "--set", "data.val_list=lists/val_cls.txt", "--set", "val.every=1"]
+    out = tmp_path / "refine"
+    run_cli(*args, "--out-dir", out, "--set", "train.epochs=1")
+    result = run_cli(*args, "--out-dir", out, "--set", "train.epochs=2", "--resume", "auto")
+    assert "after epoch 1" in result.stdout and "epoch 2: train_loss" in result.stdout
+    state = torch.load(out / "last.pth", weights_only=True)
+    assert state["kind"] == "refine" and "val_miou" in state["metrics"]
+    model, margs = checkpoints.load_refiner(out / "last.pth")
+    assert margs["width"] == 0.125
+    with pytest.raises(checkpoints.CheckpointError, match="not a stage-1 classifier"):
+        checkpoints.load_classifier(out / "last.pth")
+    # maps made at another size than the training size: a clear error naming the file
+    bad = run_cli(*args, "--out-dir", tmp_path / "bad", "--set", "data.size=96", check=False)
+    assert bad.returncode != 0 and "regenerate the maps" in bad.stderr
+
+
+def test_pseudo_label_options_and_label_evaluation(parity_weights, parity_voc, tmp_path):
+    common = ["--voc-root", parity_voc, "--list", parity_voc / "lists" / "val_cls.txt", "--num-workers", "0",
+              "--size", "96", "--scales", "96"]
+    from_cls = tmp_path / "cls"
+    run_cli("make_pseudo_labels.py", *common, "--checkpoint", parity_weights("drs_cls_learnable"), "--stage", "cls",
+            "--no-saliency", "--bg-threshold", "0.5", "--out", from_cls)
+    crf = tmp_path / "crf"
+    run_cli("make_pseudo_labels.py", *common, "--checkpoint", parity_weights("drs_refine"), "--crf", "--jobs", "2",
+            "--out", crf)
+    for folder in (from_cls, crf):
+        labels = {p.stem: np.array(Image.open(p)) for p in folder.glob("*.png")}
+        assert sorted(labels) == ["pv03_chelsea", "pv05_motorbike"]
+        assert labels["pv03_chelsea"].shape == (250, 333)
+    assert not (crf / ".raw").exists() or not any((crf / ".raw").iterdir())
+    assert 255 not in np.unique(np.array(Image.open(from_cls / "pv03_chelsea.png")))  # no saliency rule, no 255
+    # the CRF fills the ignored pixels: every pixel labelled, only the image's classes or background
+    crf_chelsea = np.unique(np.array(Image.open(crf / "pv03_chelsea.png")))
+    assert set(crf_chelsea) <= {0, 8}
+
+    result = run_cli("evaluate_labels.py", "--voc-root", parity_voc, "--list", parity_voc / "lists" / "val_cls.txt",
+                     "--labels", from_cls, "--out", tmp_path / "eval")
+    assert "mIoU" in result.stdout
+    scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
+    assert scores["coverage"] == 1.0
+    assert scores["ignored"]["mean_iou"] == scores["as_wrong"]["mean_iou"]
+
+
+def test_labels_with_ignore_score_lower_when_255_counts_as_wrong(parity_voc, tmp_path):
+    labels = tmp_path / "labels"
+    for image_id in ("pv03_chelsea", "pv05_motorbike"):
+        gt = voc.load_label(parity_voc / "SegmentationClassAug" / f"{image_id}.png").astype(np.uint8)
+        gt[: gt.shape[0] // 4] = 255  # a quarter of each label unassigned
+        save_label_png(labels / f"{image_id}.png", gt)
+    run_cli("evaluate_labels.py", "--voc-root", parity_voc, "--list", parity_voc / "lists" / "val_cls.txt",
+            "--labels", labels, "--out", tmp_path / "eval")
+    scores = json.loads((tmp_path / "eval" / "scores.json").read_text())
+    assert scores["ignored"]["mean_iou"] == pytest.approx(1.0)
+    assert scores["as_wrong"]["mean_iou"] < 0.95
+    assert 0.7 < scores["coverage"] < 0.8

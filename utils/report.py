@@ -30,10 +30,24 @@ def stage1_table(named_results):
     return "\n".join(lines) + "\n"
 
 
+def pipeline_table(named_results):
+    """One row per stage output: maps (evaluate_maps.py) or label maps (evaluate_labels.py) on one list."""
+    lines = ["| output | mIoU | mIoU, 255 counted wrong | labelled pixels |", "|---|---|---|---|"]
+    for name, r in named_results.items():
+        if "ignored" in r:  # label maps
+            lines.append(f"| {name} | {_pct(r['ignored']['mean_iou'])} | {_pct(r['as_wrong']['mean_iou'])} | "
+                         f"{_pct(r['coverage'])} % |")
+        else:  # maps, scored with the DRS protocol (every pixel gets a label)
+            lines.append(f"| {name} | {_pct(r.get('drs_protocol', r['cam_protocol'])['mean_iou'])} | – | 100.0 % |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="markdown file to write")
     parser.add_argument("--title", default="Stage 1: localization maps")
+    parser.add_argument("--kind", choices=("stage1", "pipeline"), default="stage1",
+                        help="stage1: variants of the classifier; pipeline: maps and labels of successive stages")
     parser.add_argument("runs", nargs="+", metavar="NAME=SCORES_JSON")
     args = parser.parse_args(argv)
     named = {}
@@ -41,7 +55,8 @@ def main(argv=None):
         name, _, path = item.partition("=")
         named[name] = json.loads(Path(path).read_text())
     first = next(iter(named.values()))
-    text = f"# {args.title}\n\n{first['images']} images of `{first['list']}`.\n\n{stage1_table(named)}"
+    table = stage1_table(named) if args.kind == "stage1" else pipeline_table(named)
+    text = f"# {args.title}\n\n{first['images']} images of `{first['list']}`.\n\n{table}"
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     print(text)
 
