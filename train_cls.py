@@ -8,43 +8,24 @@ Writes ``<out>/last.pth`` after every epoch (``--resume auto`` continues from it
 ``val.select_best`` is on, ``config.yaml`` and ``log.jsonl``.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from models.classifier import DRSClassifier
-from utils import checkpoints, config, voc
+from utils import checkpoints, voc
 from utils.distributed import Runtime
 from utils.evaluation import validate_classifier
-from utils.training import build_optimizer, fit, make_train_loader, save_run_config, seed_everything
+from utils.training import (
+    build_optimizer,
+    fit,
+    make_eval_loader,
+    make_train_loader,
+    save_run_config,
+    seed_everything,
+    training_main,
+)
 from utils.transforms import classifier_train_transform, eval_transform
-
-
-def parse_args(argv=None, default_config="configs/cls_voc.yaml", description=__doc__):
-    """The command line every training script shares."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=default_config)
-    parser.add_argument("--voc-root", default=None, help="overrides data.voc_root")
-    parser.add_argument("--out-dir", default=None, help="overrides output.dir")
-    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for <out>/last.pth if present")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
-
-
-def load_config(args):
-    cfg = config.load(args.config, args.set)
-    if args.voc_root:
-        cfg["data"]["voc_root"] = args.voc_root
-    if args.out_dir:
-        cfg["output"]["dir"] = args.out_dir
-    if not cfg["data"]["voc_root"]:
-        raise voc.DataError("no VOC root: pass --voc-root or set data.voc_root")
-    return cfg
 
 
 def model_args(cfg):
@@ -85,8 +66,7 @@ def train(cfg, args):
     if cfg["val"]["every"] and runtime.is_main:
         val_set = voc.VOCDataset(root, voc.list_entries(root, data["val_list"]), eval_transform(data["test_size"]),
                                  masks=("label", "saliency"))
-        val_loader = DataLoader(val_set, batch_size=tcfg["batch_size"], num_workers=data["num_workers"],
-                                collate_fn=voc.collate)
+        val_loader = make_eval_loader(val_set, cfg)
 
         def validate(m):
             return validate_classifier(m, val_loader, runtime.device, cfg["val"]["alpha"])
@@ -110,11 +90,7 @@ def train(cfg, args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return train(load_config(args), args)
-    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
-        sys.exit(f"error: {error}")
+    return training_main(train, argv, "configs/cls_voc.yaml", __doc__)
 
 
 if __name__ == "__main__":

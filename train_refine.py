@@ -7,19 +7,24 @@ Reads ``<voc_root>/localization_maps/<id>.npy`` (or ``data.maps_dir``). Writes `
 (``--resume auto``), ``best.pth`` when ``val.select_best``, ``config.yaml`` and ``log.jsonl``.
 """
 
-import sys
 from pathlib import Path
 
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from models.refine import RefineNet
-from train_cls import load_config, parse_args
-from utils import checkpoints, config, voc
+from utils import checkpoints, voc
 from utils.distributed import Runtime
 from utils.evaluation import validate_refiner
 from utils.pseudo_labels import top_class_target
-from utils.training import build_optimizer, fit, make_train_loader, save_run_config, seed_everything
+from utils.training import (
+    build_optimizer,
+    fit,
+    make_eval_loader,
+    make_train_loader,
+    save_run_config,
+    seed_everything,
+    training_main,
+)
 from utils.transforms import refine_train_transform
 
 
@@ -59,8 +64,7 @@ def train(cfg, args):
 
         val_set = voc.VOCDataset(root, voc.list_entries(root, data["val_list"]), eval_transform(data["size"]),
                                  masks=("label", "saliency"), maps_dir=maps_dir)
-        val_loader = DataLoader(val_set, batch_size=tcfg["batch_size"], num_workers=data["num_workers"],
-                                collate_fn=voc.collate)
+        val_loader = make_eval_loader(val_set, cfg)
 
         def validate(m):
             return validate_refiner(m, val_loader, runtime.device, cfg["val"]["alpha"])
@@ -84,11 +88,7 @@ def train(cfg, args):
 
 
 def main(argv=None):
-    args = parse_args(argv, default_config="configs/refine_voc.yaml", description=__doc__)
-    try:
-        return train(load_config(args), args)
-    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
-        sys.exit(f"error: {error}")
+    return training_main(train, argv, "configs/refine_voc.yaml", __doc__)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ def _model(image, unary, params):
     crf = dcrf.DenseCRF2D(width, height, n_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary.reshape(n_labels, -1), dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=np.ascontiguousarray(image),
-                             compat=params.bi_w)
+    writable = np.array(image, dtype=np.uint8, order="C")  # pydensecrf refuses read-only buffers
+    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=writable, compat=params.bi_w)
     return crf
 
 

@@ -171,3 +171,55 @@ def save_run_config(cfg, runtime):
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
+
+
+def parse_args(argv, default_config, description):
+    """The command line every training script shares."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_config)
+    parser.add_argument("--voc-root", default=None, help="overrides data.voc_root")
+    parser.add_argument("--out-dir", default=None, help="overrides output.dir")
+    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for <out>/last.pth if present")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def load_config(args):
+    from utils import config as config_module
+    from utils.voc import DataError
+
+    cfg = config_module.load(args.config, args.set)
+    if args.voc_root:
+        cfg["data"]["voc_root"] = args.voc_root
+    if args.out_dir:
+        cfg["output"]["dir"] = args.out_dir
+    if not cfg["data"]["voc_root"]:
+        raise DataError("no VOC root: pass --voc-root or set data.voc_root")
+    return cfg
+
+
+def training_main(train_fn, argv, default_config, description):
+    """Parse the shared command line, run ``train_fn(cfg, args)``; user errors end in one line, not a trace."""
+    import sys
+
+    from utils import config as config_module
+    from utils.voc import DataError
+
+    args = parse_args(argv, default_config, description)
+    try:
+        return train_fn(load_config(args), args)
+    except (DataError, checkpoints.CheckpointError, config_module.ConfigError) as error:
+        sys.exit(f"error: {error}")
+
+
+def make_eval_loader(dataset, cfg):
+    from torch.utils.data import DataLoader
+
+    from utils.voc import collate
+
+    return DataLoader(dataset, batch_size=cfg["train"]["batch_size"], num_workers=cfg["data"]["num_workers"],
+                      collate_fn=collate)
