@@ -199,3 +199,54 @@ def _build(cls, args, state, path, map_location):
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not fit {cls.__name__}({args}): {str(error).splitlines()[0]}") from None
     return model.to(map_location), args
+
+
+# --- DeepLab-V2 ----------------------------------------------------------------------------------------------
+
+def _resnet_blocks(state, prefix):
+    """Blocks per stage (layer2..layer5) of a DeepLab-V2 state dict."""
+    counts = []
+    for layer in (2, 3, 4, 5):
+        blocks = {k[len(prefix):].split(".")[1] for k in state if k.startswith(f"{prefix}layer{layer}.block")}
+        counts.append(len(blocks))
+    return counts
+
+
+def load_deeplab_v2(path, map_location="cpu"):
+    """Build the MSC DeepLab-V2 from our checkpoint or a released ``base.*`` state dict
+    (``Deeplabv2_pseudo_segmentation_labels.pth``); returns ``(model, model_args)``."""
+    from models.deeplab_v2 import deeplab_v2_msc
+
+    checkpoint = load_file(path)
+    if is_ours(checkpoint):
+        if checkpoint["kind"] != "deeplab_v2":
+            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not DeepLab-V2")
+        args, state = dict(checkpoint["model_args"]), checkpoint["model"]
+    else:
+        state = checkpoint
+        if not isinstance(state, dict) or "base.layer1.conv1.conv.weight" not in state:
+            hint = " (a COCO init file? give it as MODEL.INIT_MODEL)" if "layer1.conv1.conv.weight" in state else ""
+            raise CheckpointError(f"{path}: no base.layer1.conv1.conv.weight; not a DeepLab-V2 checkpoint{hint}")
+        branches = sum(1 for k in state if k.startswith("base.aspp.c") and k.endswith(".weight"))
+        rates = (6, 12, 18, 24)[:branches]  # dilation is not stored; the released model uses ASPP-L
+        args = {"n_classes": state["base.aspp.c0.weight"].shape[0], "n_blocks": _resnet_blocks(state, "base."),
+                "atrous_rates": rates, "width": state["base.layer1.conv1.conv.weight"].shape[0] / 64.0}
+    model = deeplab_v2_msc(**args)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path} does not fit DeepLab-V2 {args}: {str(error).splitlines()[0]}") from None
+    return model.to(map_location), args
+
+
+def load_coco_init(base, path):
+    """Initialise a :class:`DeepLabV2` (the ``base`` of MSC) from ``deeplabv1_resnet101-coco.pth``: every
+    ResNet key must be used; ``fc.*`` is ignored and ASPP keeps its N(0, 0.01) init (reference §10(d))."""
+    state = load_file(path)
+    if not isinstance(state, dict) or "layer1.conv1.conv.weight" not in state:
+        raise CheckpointError(f"{path}: no layer1.conv1.conv.weight; not a DeepLab COCO init file")
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = base.load_state_dict(backbone, strict=False)
+    if unexpected or any(not k.startswith("aspp.") for k in missing):
+        raise CheckpointError(f"{path} does not fit this ResNet: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return sorted(missing)
