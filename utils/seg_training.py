@@ -1,0 +1,136 @@
+"""DeepLab-V2 training on pseudo labels (reference §7.5): frozen BN, three lr groups, a poly lr that
+changes every ``LR_DECAY`` iterations, gradient accumulation, the DRS self-training loss term."""
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils import checkpoints, voc
+from utils.io import progress
+from utils.training import RunLog, seed_everything
+
+KIND = "deeplab_v2"
+
+
+def poly_lr(base, iteration, max_iterations, step=10, power=0.9):
+    """The lr in force after ``iteration`` updates: poly decay, recomputed only every ``step`` iterations."""
+    iteration = min(iteration // step * step, max_iterations)
+    return base * (1 - iteration / max_iterations) ** power
+
+
+def parameter_groups(model, lr, weight_decay):
+    """Backbone conv weights x1, ASPP weights x10, ASPP biases x20 (no decay); BN parameters are frozen."""
+    base = checkpoints.unwrap(model).base
+    backbone, aspp_w, aspp_b = [], [], []
+    for name, module in base.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if name.startswith("aspp"):
+                aspp_w.append(module.weight)
+                aspp_b.append(module.bias)
+            else:
+                backbone.append(module.weight)
+    return [{"params": backbone, "lr": lr, "base_lr": lr, "weight_decay": weight_decay},
+            {"params": aspp_w, "lr": 10 * lr, "base_lr": 10 * lr, "weight_decay": weight_decay},
+            {"params": aspp_b, "lr": 20 * lr, "base_lr": 20 * lr, "weight_decay": 0.0}]
+
+
+def freeze_batchnorm(model):
+    """BN layers use their stored statistics and affine parameters, never updated (the batch is too small)."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+
+def resize_labels(labels, size):
+    """Nearest-neighbour resize of (B, H, W) label maps to a logit size (the original uses PIL NEAREST)."""
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+def segmentation_loss(outputs, labels, image_labels, self_training=True, ignore=voc.IGNORE_LABEL):
+    """Sum over the MSC outputs of CE(logits, labels); with ``self_training``, plus CE against the argmax of
+    the detached logits restricted to the image's classes (DRS's addition to the kazuto recipe)."""
+    total = 0.0
+    for logits in outputs:
+        target = resize_labels(labels, logits.shape[-2:])
+        total = total + F.cross_entropy(logits, target, ignore_index=ignore)
+        if self_training:
+            pseudo = (logits.detach() * image_labels[:, :, None, None]).argmax(dim=1)
+            total = total + F.cross_entropy(logits, pseudo, ignore_index=ignore)
+    return total
+
+
+def infinite(loader):
+    epoch = 0
+    while True:
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def train(cfg, model, model_args, loader, runtime, out_dir, resume_from=None, show_progress=True):
+    """Iteration-based training; writes ``last.pth`` and ``checkpoint_<it>.pth`` every ``ITER_SAVE``
+    iterations and ``checkpoint_final.pth`` at the end. ``resume_from`` continues after its iteration."""
+    solver = cfg["SOLVER"]
+    out_dir = Path(out_dir)
+    seed_everything(solver["SEED"], runtime.rank)
+    optimizer = torch.optim.SGD(parameter_groups(model, solver["LR"], solver["WEIGHT_DECAY"]), lr=solver["LR"],
+                                momentum=solver["MOMENTUM"])
+    start = 0
+    if resume_from:
+        state = checkpoints.load_file(resume_from)
+        if not checkpoints.is_ours(state) or state.get("kind") != KIND:
+            raise checkpoints.CheckpointError(f"{resume_from} is not a DeepLab-V2 checkpoint of this project")
+        checkpoints.unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["iteration"]
+        if runtime.is_main:
+            print(f"resumed from {resume_from} after iteration {start}")
+    frozen_bn = solver.get("FREEZE_BN", True)
+    if frozen_bn:
+        freeze_batchnorm(model)  # before DDP, which must not wait for gradients of frozen parameters
+    net = model
+    if runtime.distributed:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    log = RunLog(out_dir / "log.jsonl", enabled=runtime.is_main)
+    batches = infinite(loader)
+    max_iter, accumulate = solver["ITER_MAX"], solver["ITER_SIZE"]
+
+    def save(name, iteration):
+        checkpoints.save(out_dir / name, kind=KIND, model=model, model_args=model_args, optimizer=optimizer,
+                         config=cfg, extra={"iteration": iteration})
+
+    bar = progress(range(start + 1, max_iter + 1), quiet=not show_progress or not runtime.is_main, desc="iterations")
+    for iteration in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = poly_lr(group["base_lr"], iteration - 1, max_iter, solver["LR_DECAY"], solver["POLY_POWER"])
+        net.train()
+        if frozen_bn:
+            freeze_batchnorm(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = 0.0
+        for _ in range(accumulate):
+            batch = next(batches)
+            images = batch["image"].to(runtime.device, non_blocking=True)
+            labels = batch["label"].to(runtime.device, non_blocking=True)
+            image_labels = batch["classes"].to(runtime.device, non_blocking=True)
+            loss = segmentation_loss(net(images), labels, image_labels, solver["SELF_TRAINING"]) / accumulate
+            loss.backward()
+            loss_value += loss.item()
+        optimizer.step()
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if runtime.is_main and (iteration % solver.get("ITER_TB", 50) == 0 or iteration == max_iter):
+            log.write(event="train", iteration=iteration, loss=loss_value, lr=optimizer.param_groups[0]["lr"])
+        if runtime.is_main and (iteration % solver["ITER_SAVE"] == 0 or iteration == max_iter):
+            save("last.pth", iteration)
+            save(f"checkpoint_{iteration}.pth", iteration)
+            print(f"iteration {iteration}: loss {loss_value:.4f}, lr {optimizer.param_groups[0]['lr']:.3e}", flush=True)
+        runtime.barrier()
+    if runtime.is_main:
+        save("checkpoint_final.pth", max_iter)
+    return out_dir / "checkpoint_final.pth"
