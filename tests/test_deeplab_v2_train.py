@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.deeplab_v2 import deeplab_v2_msc
 from tests.conftest import PARITY, REPO, run_cli
@@ -85,7 +86,9 @@ def test_self_training_term_adds_to_the_plain_loss():
     plain = segmentation_loss(logits, labels, image_labels, self_training=False)
     both = segmentation_loss(logits, labels, image_labels, self_training=True)
     assert both > plain
-    nearest = torch.nn.functional.interpolate(labels[:, None].float(), size=(5, 5), mode="nearest")[:, 0].long()
+    # the labels are resized as PIL NEAREST does (pixel centres)
+    nearest = torch.stack([torch.from_numpy(np.array(Image.fromarray(x.numpy().astype(np.uint8)).resize(
+        (5, 5), Image.NEAREST), dtype=np.int64)) for x in labels])
     torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits[0], nearest, ignore_index=255))
 
 

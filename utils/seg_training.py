@@ -47,7 +47,8 @@ def freeze_batchnorm(model):
 
 def resize_labels(labels, size):
     """Nearest-neighbour resize of (B, H, W) label maps to a logit size (the original uses PIL NEAREST)."""
-    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+    # "nearest-exact" samples pixel centres, as PIL NEAREST does; plain "nearest" picks other pixels
+    return F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")[:, 0].long()
 
 
 def segmentation_loss(outputs, labels, image_labels, self_training=True, ignore=voc.IGNORE_LABEL):

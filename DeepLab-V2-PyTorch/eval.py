@@ -1,0 +1,102 @@
+"""Evaluate DeepLab-V2 (MSC, max fusion) on full images: the original's ``main.py test`` + ``main.py crf``.
+
+    python DeepLab-V2-PyTorch/eval.py --voc-root /data/VOC2012 --list /data/VOC2012/lists/val_cls.txt \
+        --checkpoint outputs/deeplab_v2/voc12/checkpoint_final.pth --out outputs/deeplab_v2/voc12/eval
+
+CKPT is ours or the released ``base.*`` state dict. Writes to OUT: ``logit/<id>.npy`` (stride-8 logits),
+``<id>.png``, ``crf/<id>.png``, ``scores.json``, ``scores_crf.json`` and ``scores.md``. Existing logits and
+CRF labels are kept, so an interrupted run resumes.
+"""
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils import checkpoints, config, voc  # noqa: E402
+from utils.crf import CRFParams  # noqa: E402
+from utils.distributed import resolve_device  # noqa: E402
+from utils.seg_eval import caffe_input, evaluate  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
+    parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
+    parser.add_argument("--checkpoint", required=True, help="DeepLab-V2 checkpoint (ours or released base.* format)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True, help="dense-CRF labels too")
+    parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    return parser.parse_args(argv)
+
+
+def settings(cfg):
+    """(BGR mean, GT folder name, CRF parameters) from the config; a missing key is a ConfigError."""
+    try:
+        mean = cfg["IMAGE"]["MEAN"]
+        crf = cfg["CRF"]
+        # Python floats: the original subtracts the mean in float64 (see caffe_input)
+        mean_bgr = (float(mean["B"]), float(mean["G"]), float(mean["R"]))
+        params = CRFParams(iterations=int(crf["ITER_MAX"]), pos_w=crf["POS_W"], pos_xy_std=crf["POS_XY_STD"],
+                           bi_w=crf["BI_W"], bi_xy_std=crf["BI_XY_STD"], bi_rgb_std=crf["BI_RGB_STD"])
+        return mean_bgr, cfg["DATASET"]["VAL_LABELS"], params
+    except (KeyError, TypeError, ValueError) as error:
+        raise config.ConfigError(f"config lacks or mistypes a key needed for evaluation: {error}") from None
+
+
+def load_model(path, cfg):
+    model, _ = checkpoints.load_deeplab_v2(path)
+    scales = cfg.get("MODEL", {}).get("MSC_SCALES")
+    if scales is not None:  # not stored in the released checkpoints: the config decides
+        model.scales = tuple(float(s) for s in scales)
+    return model
+
+
+def run(args):
+    cfg = config.load(args.config, args.set)
+    mean_bgr, val_labels, crf_params = settings(cfg)
+    voc_root = voc.check_voc_root(args.voc_root)
+    gt_dir = Path(val_labels) if Path(val_labels).is_absolute() else voc_root / val_labels
+    ids = [image_id for image_id, _ in voc.read_list(args.list, voc_root=voc_root)]
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as error:
+        raise config.ConfigError(str(error)) from None
+    model = load_model(args.checkpoint, cfg)
+    print(f"DeepLab-V2 evaluation: {len(ids)} images of {args.list} on {device}, GT {gt_dir}, "
+          f"CRF {'on' if args.crf else 'off'} -> {args.out}", flush=True)
+    return evaluate(model, voc_root, ids, args.out, functools.partial(caffe_input, mean_bgr=mean_bgr),
+                    gt_dir=gt_dir, device=device, crf_params=crf_params if args.crf else None, jobs=args.jobs,
+                    title=f"DeepLab-V2: {len(ids)} images of {args.list}")
+
+
+def summary(results):
+    def both(scores):
+        return f"{100 * scores['mean_iou']:.2f} (GT-class mean {100 * scores['mean_iou_gt_classes']:.2f})"
+
+    line = f"mIoU {both(results['scores'])}"
+    if results["scores_crf"] is not None:
+        line += f", with CRF {both(results['scores_crf'])}"
+    return line
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
+        sys.exit(f"error: {error}")
+    print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
