@@ -1,0 +1,160 @@
+"""Evaluation of segmentation networks on full images (reference §7.6), shared by DeepLab-V2 and DeepLab-V3+.
+
+Steps, each resumable, all under one output folder::
+
+    logit/<id>.npy    raw model output of each image (batch 1, full resolution), skipped when present
+    <id>.png          logits bilinearly upsampled to the GT size, softmax, argmax
+    crf/<id>.png      dense CRF on the logits upsampled to the image size, skipped when present
+    scores.json, scores_crf.json, scores.md
+
+What differs between the networks is passed in: ``load_input(path) -> (CHW float tensor, uint8 HWC CRF image)``
+(e.g. :func:`caffe_input` with the mean bound by ``functools.partial``; it must be picklable for the CRF
+processes) and the model itself.
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils.crf import crf_probabilities, run_parallel
+from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
+from utils.metrics import ConfusionMatrix, markdown_table
+from utils.voc import DataError, image_path, load_label
+
+LOGIT_DIR = "logit"
+CRF_DIR = "crf"
+
+
+def caffe_input(path, mean_bgr):
+    """DeepLab-V2's input and CRF image: ``(CHW float32 tensor of BGR - mean, uint8 HWC BGR image)``.
+
+    The arithmetic follows the original exactly: the float32 pixels minus the float64 mean, stored as float32;
+    for the CRF that array plus the float64 mean, stored as float32, then truncated to uint8. The round trip
+    turns some pixel values v into v - 1, and the original's CRF sees that image, so it is reproduced here.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing image: {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DataError(f"cannot decode image {path}")
+    mean = np.asarray(mean_bgr, dtype=np.float64)
+    centred = (bgr.astype(np.float32) - mean).astype(np.float32)
+    crf_image = (centred + mean).astype(np.float32).astype(np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(centred.transpose(2, 0, 1))), crf_image
+
+
+def logit_path(out_dir, image_id):
+    return Path(out_dir) / LOGIT_DIR / f"{image_id}.npy"
+
+
+def load_logit(path):
+    path = Path(path)
+    try:
+        logit = np.load(path)
+    except (ValueError, OSError) as error:
+        raise DataError(f"cannot read logit file {path} (delete it to recompute): {error}") from None
+    if logit.ndim != 3:
+        raise DataError(f"logit file {path} has shape {logit.shape}; expected (classes, h, w)")
+    return logit
+
+
+@torch.inference_mode()
+def predict_logits(model, voc_root, ids, out_dir, load_input, device):
+    """Save the model's output for each image as ``logit/<id>.npy`` (exactly as returned, one image at a time);
+    ids whose file exists are skipped. Returns the ids computed now."""
+    todo = [i for i in ids if not logit_path(out_dir, i).exists()]
+    model.eval().to(device)
+    for image_id in progress(todo, desc="logits", unit="image"):
+        image, _ = load_input(image_path(voc_root, image_id))
+        logit = model(image[None].to(device))[0]
+        save_npy(logit_path(out_dir, image_id), logit.float().cpu().numpy())
+    return todo
+
+
+def probabilities(logit, size):
+    """Softmax of the logit bilinearly resized (align_corners=False) to ``size`` = (H, W): (C, H, W) float32."""
+    logit = torch.from_numpy(np.asarray(logit, dtype=np.float32))[None]
+    logit = F.interpolate(logit, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.softmax(logit, dim=1)[0]
+
+
+def load_gt(gt_dir, image_id, shape=None, what=None):
+    """The GT of ``image_id``; with ``shape``, check that ``what`` (a prediction's path) has the same size."""
+    gt = load_label(Path(gt_dir) / f"{image_id}.png")
+    if shape is not None and tuple(shape) != gt.shape:
+        raise DataError(f"{what} is {tuple(shape)} (H, W) but its GT {Path(gt_dir) / image_id}.png is {gt.shape}")
+    return gt
+
+
+def write_labels(ids, out_dir, gt_dir):
+    """``<out>/<id>.png`` = argmax of the softmaxed logits at the GT size, scored against the GT as written."""
+    matrix = ConfusionMatrix()
+    for image_id in progress(ids, desc="labels", unit="image"):
+        gt = load_gt(gt_dir, image_id)
+        logit = load_logit(logit_path(out_dir, image_id))
+        label = probabilities(logit, gt.shape).argmax(dim=0).numpy().astype(np.uint8)
+        save_label_png(Path(out_dir) / f"{image_id}.png", label)
+        matrix.update(gt, label)
+    return matrix
+
+
+def crf_label(voc_root, image_id, out_dir, load_input, params):
+    """One image's CRF label: the logit upsampled to the image size, softmax, dense CRF, argmax (a process job)."""
+    _, image = load_input(image_path(voc_root, image_id))
+    probs = probabilities(load_logit(logit_path(out_dir, image_id)), image.shape[:2]).numpy()
+    label = crf_probabilities(image, probs, params).argmax(axis=0).astype(np.uint8)
+    save_label_png(Path(out_dir) / CRF_DIR / f"{image_id}.png", label)
+
+
+def write_crf_labels(voc_root, ids, out_dir, load_input, params, jobs=None):
+    """``<out>/crf/<id>.png`` for every id that has none yet, over ``jobs`` processes; returns the ids done now."""
+    todo = [i for i in ids if not (Path(out_dir) / CRF_DIR / f"{i}.png").exists()]
+    run_parallel(crf_label, [(voc_root, i, out_dir, load_input, params) for i in todo], jobs)
+    return todo
+
+
+def score_label_files(ids, label_dir, gt_dir):
+    matrix = ConfusionMatrix()
+    for image_id in ids:
+        path = Path(label_dir) / f"{image_id}.png"
+        label = load_label(path)
+        matrix.update(load_gt(gt_dir, image_id, label.shape, path), label)
+    return matrix
+
+
+def scores_markdown(title, results):
+    """``results``: {column: scores}. Both means get a row, and the text says which is which."""
+    table = markdown_table(results).rstrip("\n")
+    gt_row = " | ".join(_percent(s["mean_iou_gt_classes"]) for s in results.values())
+    return (f"# {title}\n\n{table}\n| mIoU over GT classes | {gt_row} |\n\n"
+            "- **mIoU**: nanmean of the IoU over all 21 classes, as DRS's `IOUMetric` (a class predicted but absent "
+            "from the GT counts as 0).\n"
+            "- **mIoU over GT classes**: nanmean over the classes present in the GT, as DeepLab-V2's "
+            "`scores` (the \"Mean IoU\" of the original `scores.json`).\n")
+
+
+def _percent(value):
+    return "–" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+
+def evaluate(model, voc_root, ids, out_dir, load_input, *, gt_dir, device, crf_params=None, jobs=None,
+             title="Segmentation"):
+    """Logits, labels, optional CRF labels (``crf_params`` None = no CRF) and the score files.
+
+    Returns ``{"scores": ..., "scores_crf": ... or None, "computed": ids whose logits were computed now}``.
+    """
+    out_dir = Path(out_dir)
+    computed = predict_logits(model, voc_root, ids, out_dir, load_input, device)
+    results = {"without CRF": write_labels(ids, out_dir, gt_dir).scores()}
+    save_json(out_dir / "scores.json", results["without CRF"])
+    if crf_params is not None:
+        write_crf_labels(voc_root, ids, out_dir, load_input, crf_params, jobs)
+        results["with CRF"] = score_label_files(ids, out_dir / CRF_DIR, gt_dir).scores()
+        save_json(out_dir / "scores_crf.json", results["with CRF"])
+    text = scores_markdown(title, results)
+    atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text(text))
+    return {"scores": results["without CRF"], "scores_crf": results.get("with CRF"), "computed": computed}
