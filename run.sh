@@ -7,12 +7,13 @@
 #
 # Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
 #          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
+#          --seg none|v2 (train and evaluate a segmentation network on the pseudo labels; demo default v2),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
-VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1
+VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -21,7 +22,8 @@ while [ $# -gt 0 ]; do
     --refine-checkpoint) REFINE_CKPT=$2; shift 2 ;;
     --device) DEVICE=$2; shift 2 ;;
     --gpus) GPUS=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --seg) SEG=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -76,6 +78,7 @@ if [ -z "$VOC_ROOT" ]; then
   ROOT=$OUT/VOC2012
   SIZE_ARGS=(--size 112 --scales 96 112 128)
   CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
+  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml SEG=${SEG:-v2}
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
@@ -86,6 +89,8 @@ else
   ROOT=$VOC_ROOT
   SIZE_ARGS=()
   CLS_CONFIG=configs/cls_voc.yaml REFINE_CONFIG=configs/refine_voc.yaml
+  V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12.yaml SEG=${SEG:-none}
+  [ "$GPUS" -gt 1 ] && V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12_2gpu.yaml
   REFINE_SETS=()
   echo "VOC root: $ROOT; outputs in $OUT."
   step "image-level label lists"
@@ -125,3 +130,17 @@ reports+=("pseudo labels (with 255 ignore)=$OUT/eval/pseudo_labels/scores.json")
 step "stages 1-3 on the train images"
 $PY -m utils.report --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
   "${reports[@]}"
+
+case "$SEG" in
+  none) ;;
+  v2)
+    step "DeepLab-V2 on the pseudo labels"
+    train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$LABELS"
+    $PY DeepLab-V2-PyTorch/eval.py --config "$V2_CONFIG" --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" \
+      --checkpoint "$OUT/deeplab_v2/checkpoint_final.pth" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
+    $PY -m utils.report --kind pipeline --out "$OUT/segmentation.md" --title "DeepLab-V2 (val) and its training labels" \
+      "pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json" \
+      "DeepLab-V2 (val)=$OUT/eval/deeplab_v2/scores.json" "DeepLab-V2 + CRF (val)=$OUT/eval/deeplab_v2/scores_crf.json"
+    ;;
+  *) echo "run.sh: --seg must be none or v2 (v3p: issue #5, not yet)" >&2; exit 2 ;;
+esac

@@ -21,6 +21,7 @@ from utils import checkpoints, config, voc  # noqa: E402
 from utils.distributed import Runtime  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 from utils.seg_data import CaffeTrainTransform, SegmentationTrainSet, bgr_mean  # noqa: E402
+from utils.seg_eval import validation_miou  # noqa: E402
 from utils.seg_training import train  # noqa: E402
 from utils.training import resume_path  # noqa: E402
 
@@ -52,6 +53,21 @@ def build_model(cfg):
                 "DeepLab-V2-PyTorch/README.md) or set MODEL.INIT_MODEL")
         checkpoints.load_coco_init(model.base, path)
     return model, args
+
+
+def validation(cfg):
+    """The optional in-training validation (VAL.EVERY > 0) on DATASET.SPLIT.VAL, against DATASET.VAL_LABELS."""
+    data = cfg["DATASET"]
+    if not cfg.get("VAL", {}).get("EVERY"):
+        return None
+    ids = [i for i, _ in voc.list_entries(data["ROOT"], data["SPLIT"]["VAL"])]
+    mean = [cfg["IMAGE"]["MEAN"][c] for c in "BGR"]
+
+    def validate(model):
+        device = next(model.parameters()).device
+        return validation_miou(model, data["ROOT"], ids, Path(data["ROOT"]) / data["VAL_LABELS"], mean, device)
+
+    return validate
 
 
 def main(argv=None):
@@ -92,7 +108,7 @@ def main(argv=None):
                   f"iterations of {batch} x {solver['ITER_SIZE']} images on {runtime.world_size} process(es), "
                   f"{runtime.device}", flush=True)
         final = train(cfg, model, model_args, loader, runtime, out_dir, resume_path(args.resume, out_dir),
-                      show_progress=not args.no_progress)
+                      show_progress=not args.no_progress, validate_fn=validation(cfg))
         runtime.close()
         return final
     except (voc.DataError, checkpoints.CheckpointError, config.ConfigError, ValueError) as error:

@@ -37,6 +37,8 @@ def pipeline_table(named_results):
         if "ignored" in r:  # label maps
             lines.append(f"| {name} | {_pct(r['ignored']['mean_iou'])} | {_pct(r['as_wrong']['mean_iou'])} | "
                          f"{_pct(r['coverage'])} % |")
+        elif "mean_iou" in r:  # a segmentation network's predictions (every pixel labelled)
+            lines.append(f"| {name} | {_pct(r['mean_iou'])} | – | 100.0 % |")
         else:  # maps, scored with the DRS protocol (every pixel gets a label)
             lines.append(f"| {name} | {_pct(r.get('drs_protocol', r['cam_protocol'])['mean_iou'])} | – | 100.0 % |")
     return "\n".join(lines) + "\n"
@@ -56,7 +58,8 @@ def main(argv=None):
         named[name] = json.loads(Path(path).read_text())
     first = next(iter(named.values()))
     table = stage1_table(named) if args.kind == "stage1" else pipeline_table(named)
-    text = f"# {args.title}\n\n{first['images']} images of `{first['list']}`.\n\n{table}"
+    scope = f"{first['images']} images of `{first['list']}`.\n\n" if "list" in first else ""
+    text = f"# {args.title}\n\n{scope}{table}"
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     print(text)
 

@@ -14,7 +14,6 @@ processes) and the model itself.
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from utils.crf import crf_probabilities, run_parallel
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
 from utils.metrics import ConfusionMatrix, markdown_table
+from utils.seg_data import load_bgr
 from utils.voc import DataError, image_path, load_label
 
 LOGIT_DIR = "logit"
@@ -35,14 +35,8 @@ def caffe_input(path, mean_bgr):
     for the CRF that array plus the float64 mean, stored as float32, then truncated to uint8. The round trip
     turns some pixel values v into v - 1, and the original's CRF sees that image, so it is reproduced here.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing image: {path}")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise DataError(f"cannot decode image {path}")
     mean = np.asarray(mean_bgr, dtype=np.float64)
-    centred = (bgr.astype(np.float32) - mean).astype(np.float32)
+    centred = (load_bgr(path) - mean).astype(np.float32)
     crf_image = (centred + mean).astype(np.float32).astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(centred.transpose(2, 0, 1))), crf_image
 
@@ -60,6 +54,19 @@ def load_logit(path):
     if logit.ndim != 3:
         raise DataError(f"logit file {path} has shape {logit.shape}; expected (classes, h, w)")
     return logit
+
+
+@torch.inference_mode()
+def validation_miou(model, voc_root, ids, gt_dir, mean_bgr, device):
+    """mIoU of the model's argmax on full images (no files written): the optional in-training validation."""
+    model.eval()
+    matrix = ConfusionMatrix()
+    for image_id in ids:
+        image, _ = caffe_input(image_path(voc_root, image_id), mean_bgr)
+        gt = load_gt(gt_dir, image_id)
+        logit = model(image[None].to(device))[0].float().cpu().numpy()
+        matrix.update(gt, probabilities(logit, gt.shape).argmax(dim=0).numpy())
+    return matrix.scores()["mean_iou"]
 
 
 @torch.inference_mode()

@@ -73,9 +73,11 @@ def infinite(loader):
         epoch += 1
 
 
-def train(cfg, model, model_args, loader, runtime, out_dir, resume_from=None, show_progress=True):
+def train(cfg, model, model_args, loader, runtime, out_dir, resume_from=None, show_progress=True, validate_fn=None):
     """Iteration-based training; writes ``last.pth`` and ``checkpoint_<it>.pth`` every ``ITER_SAVE``
-    iterations and ``checkpoint_final.pth`` at the end. ``resume_from`` continues after its iteration."""
+    iterations and ``checkpoint_final.pth`` at the end. ``resume_from`` continues after its iteration.
+    ``validate_fn(model) -> mIoU`` runs every ``VAL.EVERY`` iterations, for the log only: it never selects
+    the checkpoint (selecting on val would tune on the test set, reference §12.8)."""
     solver = cfg["SOLVER"]
     out_dir = Path(out_dir)
     seed_everything(solver["SEED"], runtime.rank)
@@ -127,6 +129,11 @@ def train(cfg, model, model_args, loader, runtime, out_dir, resume_from=None, sh
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if runtime.is_main and (iteration % solver.get("ITER_TB", 50) == 0 or iteration == max_iter):
             log.write(event="train", iteration=iteration, loss=loss_value, lr=optimizer.param_groups[0]["lr"])
+        every = cfg.get("VAL", {}).get("EVERY", 0)
+        if validate_fn is not None and runtime.is_main and every and iteration % every == 0:
+            val_miou = validate_fn(model)
+            log.write(event="val", iteration=iteration, miou=val_miou)
+            print(f"iteration {iteration}: val mIoU {100 * val_miou:.2f}", flush=True)
         if runtime.is_main and (iteration % solver["ITER_SAVE"] == 0 or iteration == max_iter):
             save("last.pth", iteration)
             save(f"checkpoint_{iteration}.pth", iteration)
