@@ -22,7 +22,7 @@ from utils.distributed import Runtime  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 from utils.seg_data import CaffeTrainTransform, SegmentationTrainSet, bgr_mean  # noqa: E402
 from utils.seg_eval import validation_miou  # noqa: E402
-from utils.seg_training import train  # noqa: E402
+from utils.seg_training import deeplab_v2_recipe, train  # noqa: E402
 from utils.training import resume_path  # noqa: E402
 
 
@@ -107,7 +107,8 @@ def main(argv=None):
             print(f"DeepLab-V2: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
                   f"iterations of {batch} x {solver['ITER_SIZE']} images on {runtime.world_size} process(es), "
                   f"{runtime.device}", flush=True)
-        final = train(cfg, model, model_args, loader, runtime, out_dir, resume_path(args.resume, out_dir),
+        final = train(deeplab_v2_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
+                      resume_path(args.resume, out_dir),
                       show_progress=not args.no_progress, validate_fn=validation(cfg))
         runtime.close()
         return final

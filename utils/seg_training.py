@@ -1,6 +1,10 @@
-"""DeepLab-V2 training on pseudo labels (reference §7.5): frozen BN, three lr groups, a poly lr that
-changes every ``LR_DECAY`` iterations, gradient accumulation, the DRS self-training loss term."""
+"""Training of the segmentation networks on pseudo labels: one iteration loop (resume, DDP, AMP, gradient
+accumulation, periodic checkpoints) driven by a :class:`Recipe`. DeepLab-V2's (reference §7.5): frozen BN,
+three lr groups, a poly lr that changes every ``LR_DECAY`` iterations, the DRS self-training loss term."""
 
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -73,28 +77,67 @@ def infinite(loader):
         epoch += 1
 
 
-def train(cfg, model, model_args, loader, runtime, out_dir, resume_from=None, show_progress=True, validate_fn=None):
-    """Iteration-based training; writes ``last.pth`` and ``checkpoint_<it>.pth`` every ``ITER_SAVE``
-    iterations and ``checkpoint_final.pth`` at the end. ``resume_from`` continues after its iteration.
-    ``validate_fn(model) -> mIoU`` runs every ``VAL.EVERY`` iterations, for the log only: it never selects
-    the checkpoint (selecting on val would tune on the test set, reference §12.8)."""
+@dataclass
+class Recipe:
+    """What differs between the segmentation networks' training loops."""
+
+    kind: str  # checkpoint kind
+    param_groups: list  # optimizer groups, each with its ``base_lr``
+    lr_at: Callable  # (base_lr, finished updates) -> lr of the next update
+    loss: Callable  # (outputs, batch on device) -> loss
+    max_iter: int
+    save_every: int
+    momentum: float = 0.9
+    accumulate: int = 1
+    freeze_bn: bool = False
+    amp: str | None = None  # "bf16" or "fp16" on CUDA; ignored on the CPU
+    log_every: int = 50
+    val_every: int = 0
+    seed: int = 0
+
+
+def deeplab_v2_recipe(cfg, model):
     solver = cfg["SOLVER"]
+    return Recipe(
+        kind=KIND, param_groups=parameter_groups(model, solver["LR"], solver["WEIGHT_DECAY"]),
+        lr_at=lambda base, it: poly_lr(base, it, solver["ITER_MAX"], solver["LR_DECAY"], solver["POLY_POWER"]),
+        loss=lambda outputs, batch: segmentation_loss(outputs, batch["label"], batch["classes"],
+                                                      solver["SELF_TRAINING"]),
+        max_iter=solver["ITER_MAX"], save_every=solver["ITER_SAVE"], momentum=solver["MOMENTUM"],
+        accumulate=solver["ITER_SIZE"], freeze_bn=solver.get("FREEZE_BN", True), log_every=solver.get("ITER_TB", 50),
+        val_every=cfg.get("VAL", {}).get("EVERY", 0), seed=solver["SEED"])
+
+
+def _autocast(recipe, device):
+    if recipe.amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[recipe.amp])
+    return contextlib.nullcontext()
+
+
+def train(recipe, cfg, model, model_args, loader, runtime, out_dir, resume_from=None, show_progress=True,
+          validate_fn=None):
+    """Iteration-based training; writes ``last.pth`` and ``checkpoint_<it>.pth`` every ``save_every``
+    iterations and ``checkpoint_final.pth`` at the end. ``resume_from`` continues after its iteration.
+    ``validate_fn(model) -> mIoU`` runs every ``val_every`` iterations, for the log only: it never selects
+    the checkpoint (selecting on val would tune on the test set, reference §12.8)."""
     out_dir = Path(out_dir)
-    seed_everything(solver["SEED"], runtime.rank)
-    optimizer = torch.optim.SGD(parameter_groups(model, solver["LR"], solver["WEIGHT_DECAY"]), lr=solver["LR"],
-                                momentum=solver["MOMENTUM"])
+    seed_everything(recipe.seed, runtime.rank)
+    optimizer = torch.optim.SGD(recipe.param_groups, lr=recipe.param_groups[0]["lr"], momentum=recipe.momentum)
+    use_amp = bool(recipe.amp) and runtime.device.type == "cuda"
+    if recipe.amp and not use_amp and runtime.is_main:
+        print(f"AMP ({recipe.amp}) is CUDA-only: training in float32 on {runtime.device}")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and recipe.amp == "fp16")
     start = 0
     if resume_from:
         state = checkpoints.load_file(resume_from)
-        if not checkpoints.is_ours(state) or state.get("kind") != KIND:
-            raise checkpoints.CheckpointError(f"{resume_from} is not a DeepLab-V2 checkpoint of this project")
+        if not checkpoints.is_ours(state) or state.get("kind") != recipe.kind:
+            raise checkpoints.CheckpointError(f"{resume_from} is not a {recipe.kind} checkpoint of this project")
         checkpoints.unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = state["iteration"]
         if runtime.is_main:
             print(f"resumed from {resume_from} after iteration {start}")
-    frozen_bn = solver.get("FREEZE_BN", True)
-    if frozen_bn:
+    if recipe.freeze_bn:
         freeze_batchnorm(model)  # before DDP, which must not wait for gradients of frozen parameters
     net = model
     if runtime.distributed:
@@ -102,43 +145,42 @@ def train(cfg, model, model_args, loader, runtime, out_dir, resume_from=None, sh
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     log = RunLog(out_dir / "log.jsonl", enabled=runtime.is_main)
     batches = infinite(loader)
-    max_iter, accumulate = solver["ITER_MAX"], solver["ITER_SIZE"]
 
     def save(name, iteration):
-        checkpoints.save(out_dir / name, kind=KIND, model=model, model_args=model_args, optimizer=optimizer,
+        checkpoints.save(out_dir / name, kind=recipe.kind, model=model, model_args=model_args, optimizer=optimizer,
                          config=cfg, extra={"iteration": iteration})
 
-    bar = progress(range(start + 1, max_iter + 1), quiet=not show_progress or not runtime.is_main, desc="iterations")
+    quiet = not show_progress or not runtime.is_main
+    bar = progress(range(start + 1, recipe.max_iter + 1), quiet=quiet, desc="iterations")
     for iteration in bar:
         for group in optimizer.param_groups:
-            group["lr"] = poly_lr(group["base_lr"], iteration - 1, max_iter, solver["LR_DECAY"], solver["POLY_POWER"])
+            group["lr"] = recipe.lr_at(group["base_lr"], iteration - 1)
         net.train()
-        if frozen_bn:
+        if recipe.freeze_bn:
             freeze_batchnorm(model)
         optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
-        for _ in range(accumulate):
-            batch = next(batches)
-            images = batch["image"].to(runtime.device, non_blocking=True)
-            labels = batch["label"].to(runtime.device, non_blocking=True)
-            image_labels = batch["classes"].to(runtime.device, non_blocking=True)
-            loss = segmentation_loss(net(images), labels, image_labels, solver["SELF_TRAINING"]) / accumulate
-            loss.backward()
+        for _ in range(recipe.accumulate):
+            batch = {k: v.to(runtime.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in next(batches).items()}
+            with _autocast(recipe, runtime.device):
+                loss = recipe.loss(net(batch["image"]), batch) / recipe.accumulate
+            scaler.scale(loss).backward()
             loss_value += loss.item()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         bar.set_postfix(loss=f"{loss_value:.4f}")
-        if runtime.is_main and (iteration % solver.get("ITER_TB", 50) == 0 or iteration == max_iter):
+        if runtime.is_main and (iteration % recipe.log_every == 0 or iteration == recipe.max_iter):
             log.write(event="train", iteration=iteration, loss=loss_value, lr=optimizer.param_groups[0]["lr"])
-        every = cfg.get("VAL", {}).get("EVERY", 0)
-        if validate_fn is not None and runtime.is_main and every and iteration % every == 0:
+        if validate_fn is not None and runtime.is_main and recipe.val_every and iteration % recipe.val_every == 0:
             val_miou = validate_fn(model)
             log.write(event="val", iteration=iteration, miou=val_miou)
             print(f"iteration {iteration}: val mIoU {100 * val_miou:.2f}", flush=True)
-        if runtime.is_main and (iteration % solver["ITER_SAVE"] == 0 or iteration == max_iter):
+        if runtime.is_main and (iteration % recipe.save_every == 0 or iteration == recipe.max_iter):
             save("last.pth", iteration)
             save(f"checkpoint_{iteration}.pth", iteration)
             print(f"iteration {iteration}: loss {loss_value:.4f}, lr {optimizer.param_groups[0]['lr']:.3e}", flush=True)
         runtime.barrier()
     if runtime.is_main:
-        save("checkpoint_final.pth", max_iter)
+        save("checkpoint_final.pth", recipe.max_iter)
     return out_dir / "checkpoint_final.pth"
