@@ -1,4 +1,4 @@
-"""Segmentation training data: images with (pseudo) label maps and the DeepLab-V2 augmentation (reference §7.3)."""
+"""Segmentation training data: images with (pseudo) label maps, DeepLab-V2 and V3+ augmentation (§7.3, §8.2)."""
 
 from pathlib import Path
 
@@ -38,21 +38,61 @@ class CaffeTrainTransform:
         scale = self.scales[int(torch.randint(len(self.scales), ()))]
         height, width = label.shape
         size = (int(height * scale), int(width * scale))
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-        label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+        image, label = resize_pair(image, label, size)
         pad_h, pad_w = max(self.crop - size[0], 0), max(self.crop - size[1], 0)
         if pad_h or pad_w:
             image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.mean.tolist())
             label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.ignore)
-        height, width = label.shape
-        top = int(torch.randint(height - self.crop + 1, ()))
-        left = int(torch.randint(width - self.crop + 1, ()))
-        image = image[top:top + self.crop, left:left + self.crop]
-        label = label[top:top + self.crop, left:left + self.crop]
-        if torch.rand(()) < 0.5:
-            image, label = image[:, ::-1], label[:, ::-1]
+        image, label = random_crop_flip(image, label, self.crop)
         image = (image - self.mean).transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(label.astype(np.int64))
+
+
+def random_crop_flip(image, label, crop):
+    """The same random ``crop`` x ``crop`` window of an (H, W, C) image and its (H, W) label, then a horizontal
+    flip with probability 0.5 (both already at least ``crop`` in each side)."""
+    height, width = label.shape
+    top = int(torch.randint(height - crop + 1, ()))
+    left = int(torch.randint(width - crop + 1, ()))
+    image, label = image[top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
+    if torch.rand(()) < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return image, label
+
+
+def resize_pair(image, label, size):
+    """Image bilinear, label nearest, to ``size`` = (H, W)."""
+    image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    label = np.asarray(Image.fromarray(label.astype(np.uint8)).resize((size[1], size[0]), Image.NEAREST))
+    return image, label
+
+
+class ImageNetTrainTransform:
+    """DeepLab-V3+ (reference §8.2): scale by s ~ U(``scale_range``), pad every side to at least ``crop``
+    (image with 0, label with **255**: the original padded the label with 0, i.e. background), random crop,
+    flip, RGB in [0, 1] normalised with the ImageNet mean and std."""
+
+    def __init__(self, scale_range, crop, ignore=voc.IGNORE_LABEL):
+        from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+        self.scale_range, self.crop, self.ignore = tuple(scale_range), int(crop), ignore
+        self.mean, self.std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+
+    def __call__(self, image, label):
+        low, high = self.scale_range
+        scale = low + (high - low) * float(torch.rand(()))
+        height, width = label.shape
+        image, label = resize_pair(image, label, (int(height * scale), int(width * scale)))
+        pad_h, pad_w = max(self.crop - label.shape[0], 0), max(self.crop - label.shape[1], 0)
+        if pad_h or pad_w:
+            top, left = pad_h // 2, pad_w // 2  # centred, like the original's symmetric padding
+            image = cv2.copyMakeBorder(image, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=0)
+            label = cv2.copyMakeBorder(label, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT,
+                                       value=self.ignore)
+        image, label = random_crop_flip(image, label, self.crop)
+        rgb = (image[..., ::-1] / 255.0 - self.mean) / self.std  # the loader gives BGR 0..255
+        return (torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)),
+                torch.from_numpy(label.astype(np.int64)))
 
 
 class SegmentationTrainSet:

@@ -184,3 +184,29 @@ def train(recipe, cfg, model, model_args, loader, runtime, out_dir, resume_from=
     if runtime.is_main:
         save("checkpoint_final.pth", recipe.max_iter)
     return out_dir / "checkpoint_final.pth"
+
+
+def poly_lr_min(base, iteration, max_iterations, power=0.9, min_lr=1e-6):
+    """DeepLab-V3+'s poly lr, updated every iteration, floored at ``min_lr``."""
+    return max(base * (1 - min(iteration, max_iterations) / max_iterations) ** power, min_lr)
+
+
+def deeplab_v3plus_groups(model, lr, backbone_mult, weight_decay):
+    """Backbone at ``backbone_mult`` x lr, the head at lr; weight decay on everything (as the original)."""
+    model = checkpoints.unwrap(model)
+    return [{"params": list(model.backbone.parameters()), "lr": backbone_mult * lr, "base_lr": backbone_mult * lr,
+             "weight_decay": weight_decay},
+            {"params": list(model.classifier.parameters()), "lr": lr, "base_lr": lr, "weight_decay": weight_decay}]
+
+
+def deeplab_v3plus_recipe(cfg, model):
+    solver = cfg["SOLVER"]
+    ignore = cfg["DATASET"]["IGNORE_LABEL"]
+    return Recipe(
+        kind="deeplab_v3plus",
+        param_groups=deeplab_v3plus_groups(model, solver["LR"], solver["BACKBONE_LR_MULT"], solver["WEIGHT_DECAY"]),
+        lr_at=lambda base, it: poly_lr_min(base, it, solver["ITER_MAX"], solver["POLY_POWER"], solver["MIN_LR"]),
+        loss=lambda logits, batch: F.cross_entropy(logits, batch["label"], ignore_index=ignore),
+        max_iter=solver["ITER_MAX"], save_every=solver["ITER_SAVE"], momentum=solver["MOMENTUM"],
+        amp=solver.get("AMP"), log_every=solver.get("LOG_EVERY", 50), val_every=cfg.get("VAL", {}).get("EVERY", 0),
+        seed=solver["SEED"])
