@@ -14,13 +14,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
 from models.deeplab_v2 import deeplab_v2_msc  # noqa: E402
 from utils import checkpoints, config, voc  # noqa: E402
 from utils.distributed import Runtime  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
-from utils.seg_data import CaffeTrainTransform, SegmentationTrainSet, bgr_mean  # noqa: E402
+from utils.seg_data import CaffeTrainTransform, SegmentationTrainSet, bgr_mean, make_loader  # noqa: E402
 from utils.seg_eval import validation_miou  # noqa: E402
 from utils.seg_training import deeplab_v2_recipe, train  # noqa: E402
 from utils.training import resume_path  # noqa: E402
@@ -89,16 +87,7 @@ def main(argv=None):
         dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
                                        data["LABELS"], transform)
         batch = solver["BATCH_SIZE"]["TRAIN"]
-        if batch % runtime.world_size:
-            raise ValueError(f"SOLVER.BATCH_SIZE.TRAIN {batch} is not divisible by {runtime.world_size} processes")
-        if runtime.distributed:
-            sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=solver["SEED"])
-        else:
-            sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(solver["SEED"]))
-        workers = cfg["DATALOADER"]["NUM_WORKERS"]
-        loader = torch.utils.data.DataLoader(dataset, batch_size=batch // runtime.world_size, sampler=sampler,
-                                             num_workers=workers, drop_last=True, persistent_workers=workers > 0,
-                                             pin_memory=runtime.device.type == "cuda")
+        loader = make_loader(dataset, batch, cfg["DATALOADER"]["NUM_WORKERS"], solver["SEED"], runtime)
         model, model_args = build_model(cfg)
         model.to(runtime.device)
         if runtime.is_main:

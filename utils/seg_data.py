@@ -120,3 +120,16 @@ class SegmentationTrainSet:
         image_labels[0] = 1.0
         image_labels[[c + 1 for c in classes]] = 1.0
         return {"image": image, "label": label, "classes": image_labels, "id": image_id}
+
+
+def make_loader(dataset, batch_size, num_workers, seed, runtime):
+    """Shuffled, ``drop_last`` loader; the global ``batch_size`` is split over torchrun processes."""
+    if batch_size % runtime.world_size:
+        raise ValueError(f"batch size {batch_size} is not divisible by {runtime.world_size} processes")
+    if runtime.distributed:
+        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size // runtime.world_size, sampler=sampler,
+                                       num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
+                                       pin_memory=runtime.device.type == "cuda")

@@ -11,15 +11,29 @@ import torch.distributed as dist
 from torch import nn
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x):
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = x.shape[1]
         count = torch.full((1,), x.numel() / channels, dtype=x.dtype, device=x.device)
-        packed = all_reduce(torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count]))
+        packed = _AllReduceSum.apply(torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count]))
         total = packed[-1]
         mean = packed[:channels] / total
         var = packed[channels:2 * channels] / total - mean * mean
