@@ -250,3 +250,60 @@ def load_coco_init(base, path):
     if unexpected or any(not k.startswith("aspp.") for k in missing):
         raise CheckpointError(f"{path} does not fit this ResNet: missing {missing[:3]}, unexpected {unexpected[:3]}")
     return sorted(missing)
+
+
+# --- DeepLab-V3+ ---------------------------------------------------------------------------------------------
+
+_V3PLUS_CLASS_CONV = "classifier.classifier.3.weight"  # the last 1x1 conv: its out-channels are the classes
+
+
+def _deeplab_v3plus_depth(state, path):
+    """ResNet depth from the number of blocks in layer3 (6: ResNet-50, 23: ResNet-101)."""
+    blocks = {k.split(".")[2] for k in state if k.startswith("backbone.layer3.")}
+    depth = {6: 50, 23: 101}.get(len(blocks))
+    if depth is None:
+        raise CheckpointError(f"{path}: layer3 has {len(blocks)} blocks; expected 6 (ResNet-50) or 23 (ResNet-101)")
+    return depth
+
+
+def _released_v3plus_state(checkpoint, path):
+    """The ``model_state`` of a released ``{'model_state': ...}`` file; a hint when it is another network's."""
+    state = checkpoint.get("model_state") if isinstance(checkpoint, dict) else None
+    if isinstance(state, dict) and _V3PLUS_CLASS_CONV in state:
+        return state
+    hint = ""
+    if isinstance(checkpoint, dict) and any(str(k).startswith("base.") for k in checkpoint):
+        hint = " (it looks like a DeepLab-V2 checkpoint: give it to DeepLab-V2-PyTorch/eval.py)"
+    elif isinstance(checkpoint, dict) and "model" in checkpoint:
+        hint = " (it looks like a DRS classifier or refinement checkpoint)"
+    raise CheckpointError(f"{path}: no 'model_state' with {_V3PLUS_CLASS_CONV}; not a DeepLab-V3+ checkpoint{hint}")
+
+
+def load_deeplab_v3plus(path, map_location="cpu", released_args=None):
+    """Build :class:`DeepLabV3Plus` from our checkpoint (kind ``deeplab_v3plus``) or a released
+    ``{'model_state': ...}`` file, loaded strictly; returns ``(model, model_args)``.
+
+    A released file stores neither the output stride nor the conv type (they change no key), so they come from
+    ``released_args`` (e.g. ``{"output_stride": 16, "separable": False}``, the defaults); classes and depth are
+    read from the keys.
+    """
+    from models.deeplab_v3plus import DeepLabV3Plus
+
+    checkpoint = load_file(path)
+    if is_ours(checkpoint):
+        if checkpoint["kind"] != "deeplab_v3plus":
+            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not DeepLab-V3+")
+        args, state = dict(checkpoint["model_args"]), checkpoint["model"]
+    else:
+        state = _released_v3plus_state(checkpoint, path)
+        args = {"num_classes": state[_V3PLUS_CLASS_CONV].shape[0], "depth": _deeplab_v3plus_depth(state, path),
+                "output_stride": 16, "separable": False, **(released_args or {})}
+    args.pop("weights", None)  # never download ImageNet weights: the checkpoint overwrites them all
+    try:
+        model = DeepLabV3Plus(**args)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, KeyError) as error:
+        lines = str(error).splitlines()  # a strict-load error names the model first, the offending keys next
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{path} does not fit DeepLab-V3+ {args}: {detail}") from None
+    return model.to(map_location), args

@@ -1,15 +1,20 @@
-"""Evaluation of segmentation networks on full images (reference §7.6), shared by DeepLab-V2 and DeepLab-V3+.
+"""Evaluation of segmentation networks (reference §7.6, §8.3), shared by DeepLab-V2 and DeepLab-V3+.
 
 Steps, each resumable, all under one output folder::
 
-    logit/<id>.npy    raw model output of each image (batch 1, full resolution), skipped when present
+    logit/<id>.npy    raw model output of each image (batch 1), skipped when present
     <id>.png          logits bilinearly upsampled to the GT size, softmax, argmax
-    crf/<id>.png      dense CRF on the logits upsampled to the image size, skipped when present
+    crf/<id>.png      dense CRF on the logits upsampled to the input image size, skipped when present
     scores.json, scores_crf.json, scores.md
 
-What differs between the networks is passed in: ``load_input(path) -> (CHW float tensor, uint8 HWC CRF image)``
-(e.g. :func:`caffe_input` with the mean bound by ``functools.partial``; it must be picklable for the CRF
-processes) and the model itself.
+What differs between the networks is passed in:
+
+- ``load_input(path) -> (CHW float tensor, uint8 HWC CRF image)``: :func:`caffe_input` (V2, BGR, mean bound by
+  ``functools.partial``) or :func:`imagenet_input` (V3+, RGB, optionally resized and centre-cropped); it must
+  be picklable for the CRF processes;
+- ``gt_transform(gt) -> gt``: applied to every GT map before scoring (V3+'s crop_val protocol), None = as read;
+- ``logit_dtype``: float32 (V2) or float16 (V3+'s eval.py saves its logits so);
+- the model itself.
 """
 
 from pathlib import Path
@@ -17,15 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import InterpolationMode
 
-from utils.crf import crf_probabilities, run_parallel
+from utils.crf import CRFParams, crf_probabilities, run_parallel
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
 from utils.metrics import ConfusionMatrix, markdown_table
 from utils.seg_data import load_bgr
-from utils.voc import DataError, image_path, load_label
+from utils.voc import DataError, image_path, load_image, load_label
 
 LOGIT_DIR = "logit"
 CRF_DIR = "crf"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def caffe_input(path, mean_bgr):
@@ -39,6 +49,43 @@ def caffe_input(path, mean_bgr):
     centred = (load_bgr(path) - mean).astype(np.float32)
     crf_image = (centred + mean).astype(np.float32).astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(centred.transpose(2, 0, 1))), crf_image
+
+
+def resize_center_crop(image, size, interpolation):
+    """torchvision's ``resize(size)`` (shorter side to ``size``) then ``center_crop(size)`` of a PIL image:
+    V3+'s crop_val protocol (``ExtResize`` + ``ExtCenterCrop``)."""
+    return TF.center_crop(TF.resize(image, size, interpolation), size)
+
+
+def imagenet_input(path, crop=None):
+    """DeepLab-V3+'s input and CRF image: ``(CHW float32 tensor of ImageNet-normalised RGB, uint8 HWC RGB image)``;
+    ``crop`` = the crop_val size (the image is first resized bilinearly and centre-cropped) or None.
+
+    The CRF image is eval.py's de-normalisation: float32 HWC ``*= std``, ``+= mean`` (float64 lists, so numpy
+    computes in float64 and stores float32), ``*= 255``, truncated to uint8. The round trip turns 2-12 % of the
+    parity images' values v into v - 1; the original's CRF sees that image, so it is reproduced step by step.
+    """
+    image = load_image(path)
+    if crop is not None:
+        image = resize_center_crop(image, crop, InterpolationMode.BILINEAR)
+    tensor = TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+    crf_image = tensor.permute(1, 2, 0).numpy().copy()
+    crf_image *= list(IMAGENET_STD)
+    crf_image += list(IMAGENET_MEAN)
+    crf_image *= 255
+    return tensor, crf_image.astype(np.uint8)
+
+
+def crop_gt(gt, size):
+    """A GT map through the crop_val protocol: shorter side resized to ``size`` with NEAREST, centre crop."""
+    image = Image.fromarray(np.asarray(gt, dtype=np.uint8))  # values 0..20 and 255 fit
+    return np.array(resize_center_crop(image, size, InterpolationMode.NEAREST), dtype=np.int64)
+
+
+def crf_params_from_config(crf):
+    """:class:`CRFParams` from a config's ``CRF`` section (``ITER_MAX``, ``POS_W``, ... as in voc12.yaml)."""
+    return CRFParams(iterations=int(crf["ITER_MAX"]), pos_w=crf["POS_W"], pos_xy_std=crf["POS_XY_STD"],
+                     bi_w=crf["BI_W"], bi_xy_std=crf["BI_XY_STD"], bi_rgb_std=crf["BI_RGB_STD"])
 
 
 def logit_path(out_dir, image_id):
@@ -70,15 +117,15 @@ def validation_miou(model, voc_root, ids, gt_dir, mean_bgr, device):
 
 
 @torch.inference_mode()
-def predict_logits(model, voc_root, ids, out_dir, load_input, device):
-    """Save the model's output for each image as ``logit/<id>.npy`` (exactly as returned, one image at a time);
-    ids whose file exists are skipped. Returns the ids computed now."""
+def predict_logits(model, voc_root, ids, out_dir, load_input, device, logit_dtype=np.float32):
+    """Save the model's output for each image as ``logit/<id>.npy`` (as returned, one image at a time, cast to
+    ``logit_dtype``); ids whose file exists are skipped. Returns the ids computed now."""
     todo = [i for i in ids if not logit_path(out_dir, i).exists()]
     model.eval().to(device)
     for image_id in progress(todo, desc="logits", unit="image"):
         image, _ = load_input(image_path(voc_root, image_id))
         logit = model(image[None].to(device))[0]
-        save_npy(logit_path(out_dir, image_id), logit.float().cpu().numpy())
+        save_npy(logit_path(out_dir, image_id), logit.float().cpu().numpy().astype(logit_dtype, copy=False))
     return todo
 
 
@@ -89,19 +136,22 @@ def probabilities(logit, size):
     return F.softmax(logit, dim=1)[0]
 
 
-def load_gt(gt_dir, image_id, shape=None, what=None):
-    """The GT of ``image_id``; with ``shape``, check that ``what`` (a prediction's path) has the same size."""
+def load_gt(gt_dir, image_id, shape=None, what=None, transform=None):
+    """The GT of ``image_id``, through ``transform`` if given; with ``shape``, check that ``what`` (a prediction's
+    path) has the same size."""
     gt = load_label(Path(gt_dir) / f"{image_id}.png")
+    if transform is not None:
+        gt = transform(gt)
     if shape is not None and tuple(shape) != gt.shape:
         raise DataError(f"{what} is {tuple(shape)} (H, W) but its GT {Path(gt_dir) / image_id}.png is {gt.shape}")
     return gt
 
 
-def write_labels(ids, out_dir, gt_dir):
+def write_labels(ids, out_dir, gt_dir, gt_transform=None):
     """``<out>/<id>.png`` = argmax of the softmaxed logits at the GT size, scored against the GT as written."""
     matrix = ConfusionMatrix()
     for image_id in progress(ids, desc="labels", unit="image"):
-        gt = load_gt(gt_dir, image_id)
+        gt = load_gt(gt_dir, image_id, transform=gt_transform)
         logit = load_logit(logit_path(out_dir, image_id))
         label = probabilities(logit, gt.shape).argmax(dim=0).numpy().astype(np.uint8)
         save_label_png(Path(out_dir) / f"{image_id}.png", label)
@@ -124,12 +174,12 @@ def write_crf_labels(voc_root, ids, out_dir, load_input, params, jobs=None):
     return todo
 
 
-def score_label_files(ids, label_dir, gt_dir):
+def score_label_files(ids, label_dir, gt_dir, gt_transform=None):
     matrix = ConfusionMatrix()
     for image_id in ids:
         path = Path(label_dir) / f"{image_id}.png"
         label = load_label(path)
-        matrix.update(load_gt(gt_dir, image_id, label.shape, path), label)
+        matrix.update(load_gt(gt_dir, image_id, label.shape, path, gt_transform), label)
     return matrix
 
 
@@ -149,18 +199,18 @@ def _percent(value):
 
 
 def evaluate(model, voc_root, ids, out_dir, load_input, *, gt_dir, device, crf_params=None, jobs=None,
-             title="Segmentation"):
+             title="Segmentation", gt_transform=None, logit_dtype=np.float32):
     """Logits, labels, optional CRF labels (``crf_params`` None = no CRF) and the score files.
 
     Returns ``{"scores": ..., "scores_crf": ... or None, "computed": ids whose logits were computed now}``.
     """
     out_dir = Path(out_dir)
-    computed = predict_logits(model, voc_root, ids, out_dir, load_input, device)
-    results = {"without CRF": write_labels(ids, out_dir, gt_dir).scores()}
+    computed = predict_logits(model, voc_root, ids, out_dir, load_input, device, logit_dtype)
+    results = {"without CRF": write_labels(ids, out_dir, gt_dir, gt_transform).scores()}
     save_json(out_dir / "scores.json", results["without CRF"])
     if crf_params is not None:
         write_crf_labels(voc_root, ids, out_dir, load_input, crf_params, jobs)
-        results["with CRF"] = score_label_files(ids, out_dir / CRF_DIR, gt_dir).scores()
+        results["with CRF"] = score_label_files(ids, out_dir / CRF_DIR, gt_dir, gt_transform).scores()
         save_json(out_dir / "scores_crf.json", results["with CRF"])
     text = scores_markdown(title, results)
     atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text(text))

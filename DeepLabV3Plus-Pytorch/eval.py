@@ -1,0 +1,129 @@
+"""Evaluate DeepLab-V3+ with and without dense CRF: the original's ``eval.py`` (reference §8.3).
+
+    python DeepLabV3Plus-Pytorch/eval.py --voc-root /data/VOC2012 \
+        --list /data/VOC2012/ImageSets/Segmentation/val.txt --checkpoint CKPT --out DIR --crop-val
+
+CKPT is ours or the released ``{'model_state': ...}`` file. ``--crop-val`` is run.sh's protocol (the numbers
+the paper reports): each image and its GT resized so the shorter side is 513 and centre-cropped to 513x513;
+without it, full images against the full GT. Writes to OUT: ``logit/<id>.npy`` (float16, at the input
+resolution, as the original saves them), ``<id>.png``, ``crf/<id>.png``, ``scores.json``, ``scores_crf.json``
+and ``scores.md``. Existing logits and CRF labels are kept, so an interrupted run resumes.
+"""
+
+import argparse
+import functools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from utils import checkpoints, config, voc  # noqa: E402
+from utils.distributed import resolve_device  # noqa: E402
+from utils.seg_eval import crf_params_from_config, crop_gt, evaluate, imagenet_input  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc.yaml"
+PROTOCOL_FILE = "protocol.json"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
+    parser.add_argument("--list", required=True, help="plain id list or '<id> <c1> ...' list")
+    parser.add_argument("--checkpoint", required=True, help="DeepLab-V3+ checkpoint (ours or released model_state)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--crop-val", action="store_true", help="resize + centre crop to EVAL.CROP_SIZE (run.sh)")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True, help="dense-CRF labels too")
+    parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    return parser.parse_args(argv)
+
+
+def settings(cfg):
+    """(GT folder name, crop size, CRF parameters, model args for a released file); a missing key is a
+    ConfigError."""
+    try:
+        model = cfg["MODEL"]
+        released_args = {"output_stride": int(model["OUTPUT_STRIDE"]), "separable": bool(model["SEPARABLE"])}
+        if released_args["output_stride"] not in (8, 16):
+            raise ValueError(f"MODEL.OUTPUT_STRIDE must be 8 or 16, got {released_args['output_stride']}")
+        return (cfg["DATASET"]["VAL_LABELS"], int(cfg["EVAL"]["CROP_SIZE"]), crf_params_from_config(cfg["CRF"]),
+                released_args)
+    except (KeyError, TypeError, ValueError) as error:
+        raise config.ConfigError(f"config lacks or mistypes a key needed for evaluation: {error}") from None
+
+
+def read_ids(path):
+    ids = voc.read_ids(path)  # the first field of each line: plain and '<id> <c1> ...' lists alike
+    if not ids:
+        raise voc.DataError(f"list file {path} is empty")
+    return ids
+
+
+def check_protocol(out_dir, crop):
+    """Record the protocol in OUT; refuse to mix: the kept logits of one would be scored under the other."""
+    path = Path(out_dir) / PROTOCOL_FILE
+    wanted = {"crop_val": crop}
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            found = "an unreadable protocol.json"
+        if found != wanted:
+            raise voc.DataError(f"{out_dir} holds an evaluation with {found}, not {wanted}; use another --out")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(wanted) + "\n")
+
+
+def run(args):
+    cfg = config.load(args.config, args.set)
+    val_labels, crop_size, crf_params, released_args = settings(cfg)
+    voc_root = voc.check_voc_root(args.voc_root)
+    gt_dir = Path(val_labels) if Path(val_labels).is_absolute() else voc_root / val_labels
+    if not gt_dir.is_dir():  # found now rather than after every logit is computed
+        raise voc.DataError(f"GT folder {gt_dir} does not exist (DATASET.VAL_LABELS)")
+    ids = read_ids(args.list)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as error:
+        raise config.ConfigError(str(error)) from None
+    crop = crop_size if args.crop_val else None
+    check_protocol(args.out, crop)
+    model, _ = checkpoints.load_deeplab_v3plus(args.checkpoint, released_args=released_args)
+    protocol = f"crop_val {crop}" if crop else "full images"
+    print(f"DeepLab-V3+ evaluation: {len(ids)} images of {args.list} ({protocol}) on {device}, GT {gt_dir}, "
+          f"CRF {'on' if args.crf else 'off'} -> {args.out}", flush=True)
+    return evaluate(model, voc_root, ids, args.out, functools.partial(imagenet_input, crop=crop), gt_dir=gt_dir,
+                    device=device, crf_params=crf_params if args.crf else None, jobs=args.jobs,
+                    title=f"DeepLab-V3+: {len(ids)} images of {args.list}, {protocol}",
+                    gt_transform=functools.partial(crop_gt, size=crop) if crop else None, logit_dtype=np.float16)
+
+
+def summary(results):
+    def both(scores):
+        return f"{100 * scores['mean_iou']:.2f} (GT-class mean {100 * scores['mean_iou_gt_classes']:.2f})"
+
+    line = f"mIoU {both(results['scores'])}"
+    if results["scores_crf"] is not None:
+        line += f", with CRF {both(results['scores_crf'])}"
+    return line
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        results = run(args)
+    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
+        sys.exit(f"error: {error}")
+    print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
