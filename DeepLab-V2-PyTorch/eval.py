@@ -17,9 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config, voc  # noqa: E402
-from utils.crf import CRFParams  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
-from utils.seg_eval import caffe_input, evaluate  # noqa: E402
+from utils.seg_eval import caffe_input, crf_params_from_config, eval_main, evaluate  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
 
@@ -45,9 +44,7 @@ def settings(cfg):
         crf = cfg["CRF"]
         # Python floats: the original subtracts the mean in float64 (see caffe_input)
         mean_bgr = (float(mean["B"]), float(mean["G"]), float(mean["R"]))
-        params = CRFParams(iterations=int(crf["ITER_MAX"]), pos_w=crf["POS_W"], pos_xy_std=crf["POS_XY_STD"],
-                           bi_w=crf["BI_W"], bi_xy_std=crf["BI_XY_STD"], bi_rgb_std=crf["BI_RGB_STD"])
-        return mean_bgr, cfg["DATASET"]["VAL_LABELS"], params
+        return mean_bgr, cfg["DATASET"]["VAL_LABELS"], crf_params_from_config(crf)
     except (KeyError, TypeError, ValueError) as error:
         raise config.ConfigError(f"config lacks or mistypes a key needed for evaluation: {error}") from None
 
@@ -78,24 +75,8 @@ def run(args):
                     title=f"DeepLab-V2: {len(ids)} images of {args.list}")
 
 
-def summary(results):
-    def both(scores):
-        return f"{100 * scores['mean_iou']:.2f} (GT-class mean {100 * scores['mean_iou_gt_classes']:.2f})"
-
-    line = f"mIoU {both(results['scores'])}"
-    if results["scores_crf"] is not None:
-        line += f", with CRF {both(results['scores_crf'])}"
-    return line
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        results = run(args)
-    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
-        sys.exit(f"error: {error}")
-    print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
-    return results
+    return eval_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

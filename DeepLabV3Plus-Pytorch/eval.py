@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config, voc  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
-from utils.seg_eval import crf_params_from_config, crop_gt, evaluate, imagenet_input  # noqa: E402
+from utils.seg_eval import crf_params_from_config, crop_gt, eval_main, evaluate, imagenet_input  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc.yaml"
 PROTOCOL_FILE = "protocol.json"
@@ -105,24 +105,8 @@ def run(args):
                     gt_transform=functools.partial(crop_gt, size=crop) if crop else None, logit_dtype=np.float16)
 
 
-def summary(results):
-    def both(scores):
-        return f"{100 * scores['mean_iou']:.2f} (GT-class mean {100 * scores['mean_iou_gt_classes']:.2f})"
-
-    line = f"mIoU {both(results['scores'])}"
-    if results["scores_crf"] is not None:
-        line += f", with CRF {both(results['scores_crf'])}"
-    return line
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        results = run(args)
-    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError) as error:
-        sys.exit(f"error: {error}")
-    print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
-    return results
+    return eval_main(run, parse_args(argv))
 
 
 if __name__ == "__main__":

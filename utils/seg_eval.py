@@ -215,3 +215,29 @@ def evaluate(model, voc_root, ids, out_dir, load_input, *, gt_dir, device, crf_p
     text = scores_markdown(title, results)
     atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text(text))
     return {"scores": results["without CRF"], "scores_crf": results.get("with CRF"), "computed": computed}
+
+
+def summary(results):
+    """One line: mIoU without (and with) CRF, each with the GT-class mean of DeepLab-V2's ``scores``."""
+    def both(scores):
+        return f"{100 * scores['mean_iou']:.2f} (GT-class mean {100 * scores['mean_iou_gt_classes']:.2f})"
+
+    line = f"mIoU {both(results['scores'])}"
+    if results["scores_crf"] is not None:
+        line += f", with CRF {both(results['scores_crf'])}"
+    return line
+
+
+def eval_main(run, args):
+    """Run an evaluation entry point: user errors end in one line; a summary line at the end."""
+    import sys
+
+    from utils.checkpoints import CheckpointError
+    from utils.config import ConfigError
+
+    try:
+        results = run(args)
+    except (DataError, CheckpointError, ConfigError) as error:
+        sys.exit(f"error: {error}")
+    print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
+    return results
