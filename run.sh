@@ -7,7 +7,7 @@
 #
 # Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
 #          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
-#          --seg none|v2 (train and evaluate a segmentation network on the pseudo labels; demo default v2),
+#          --seg none|v2|v3p (train and evaluate a segmentation network on the pseudo labels; demo default v2),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -78,7 +78,8 @@ if [ -z "$VOC_ROOT" ]; then
   ROOT=$OUT/VOC2012
   SIZE_ARGS=(--size 112 --scales 96 112 128)
   CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
-  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml SEG=${SEG:-v2}
+  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2}
+  VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
@@ -89,7 +90,8 @@ else
   ROOT=$VOC_ROOT
   SIZE_ARGS=()
   CLS_CONFIG=configs/cls_voc.yaml REFINE_CONFIG=configs/refine_voc.yaml
-  V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12.yaml SEG=${SEG:-none}
+  V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/voc.yaml SEG=${SEG:-none}
+  VAL_IDS=$ROOT/ImageSets/Segmentation/val.txt
   [ "$GPUS" -gt 1 ] && V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12_2gpu.yaml
   REFINE_SETS=()
   echo "VOC root: $ROOT; outputs in $OUT."
@@ -142,5 +144,22 @@ case "$SEG" in
       "pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json" \
       "DeepLab-V2 (val)=$OUT/eval/deeplab_v2/scores.json" "DeepLab-V2 + CRF (val)=$OUT/eval/deeplab_v2/scores_crf.json"
     ;;
-  *) echo "run.sh: --seg must be none or v2 (v3p: issue #5, not yet)" >&2; exit 2 ;;
+  v3p)
+    step "DeepLab-V3+ on the pseudo labels"
+    train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --label-dir "$LABELS"
+    for protocol in full crop-val; do
+      extra=()
+      [ "$protocol" = crop-val ] && extra=(--crop-val)
+      $PY DeepLabV3Plus-Pytorch/eval.py --config "$V3P_CONFIG" --voc-root "$ROOT" --list "$VAL_IDS" \
+        --checkpoint "$OUT/deeplab_v3plus/checkpoint_final.pth" --out "$OUT/eval/deeplab_v3plus_$protocol" --crf \
+        --device "$DEVICE" "${extra[@]}"
+    done
+    $PY -m utils.report --kind pipeline --out "$OUT/segmentation_v3plus.md" \
+      --title "DeepLab-V3+ (val) and its training labels" \
+      "pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json" \
+      "DeepLab-V3+ (val, full images)=$OUT/eval/deeplab_v3plus_full/scores.json" \
+      "DeepLab-V3+ + CRF (val, full images)=$OUT/eval/deeplab_v3plus_full/scores_crf.json" \
+      "DeepLab-V3+ (val, crop-val)=$OUT/eval/deeplab_v3plus_crop-val/scores.json"
+    ;;
+  *) echo "run.sh: --seg must be none, v2 or v3p" >&2; exit 2 ;;
 esac
