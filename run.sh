@@ -137,7 +137,7 @@ case "$SEG" in
   none) ;;
   v2)
     step "DeepLab-V2 on the pseudo labels"
-    train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$LABELS"
+    train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$(basename "$LABELS")"
     $PY DeepLab-V2-PyTorch/eval.py --config "$V2_CONFIG" --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" \
       --checkpoint "$OUT/deeplab_v2/checkpoint_final.pth" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
     $PY -m utils.report --kind pipeline --out "$OUT/segmentation.md" --title "DeepLab-V2 (val) and its training labels" \
@@ -146,7 +146,7 @@ case "$SEG" in
     ;;
   v3p)
     step "DeepLab-V3+ on the pseudo labels"
-    train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --label-dir "$LABELS"
+    train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --label-dir "$(basename "$LABELS")"
     for protocol in full crop-val; do
       extra=()
       [ "$protocol" = crop-val ] && extra=(--crop-val)
