@@ -58,7 +58,8 @@ def main(argv=None):
         named[name] = json.loads(Path(path).read_text())
     first = next(iter(named.values()))
     table = stage1_table(named) if args.kind == "stage1" else pipeline_table(named)
-    scope = f"{first['images']} images of `{first['list']}`.\n\n" if "list" in first else ""
+    same_list = len({r.get("list") for r in named.values()}) == 1 and "list" in first
+    scope = f"{first['images']} images of `{first['list']}`.\n\n" if same_list else ""
     text = f"# {args.title}\n\n{scope}{table}"
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     print(text)
