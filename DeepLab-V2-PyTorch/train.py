@@ -7,7 +7,6 @@ Writes ``<out>/checkpoint_final.pth`` (what eval.py reads), ``checkpoint_<it>.pt
 SOLVER.ITER_SAVE iterations (``--resume auto`` continues from ``last.pth``), ``config.yaml``, ``log.jsonl``.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -15,26 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from models.deeplab_v2 import deeplab_v2_msc  # noqa: E402
-from utils import checkpoints, config, voc  # noqa: E402
+from utils import checkpoints, voc  # noqa: E402
 from utils.distributed import Runtime  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 from utils.seg_data import CaffeTrainTransform, SegmentationTrainSet, bgr_mean, make_loader  # noqa: E402
 from utils.seg_eval import validation_miou  # noqa: E402
-from utils.seg_training import deeplab_v2_recipe, train  # noqa: E402
+from utils.seg_training import deeplab_v2_recipe, entry_main, start_run, train  # noqa: E402
 from utils.training import resume_path  # noqa: E402
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml"))
-    parser.add_argument("--voc-root", default=None, help="overrides DATASET.ROOT (the VOC2012 folder)")
-    parser.add_argument("--labels", default=None, help="overrides DATASET.LABELS (the original's --gt_path)")
-    parser.add_argument("--out-dir", default=None, help="default: outputs/deeplab_v2/<EXP.ID>")
-    parser.add_argument("--resume", default=None, help="a checkpoint, or 'auto' for <out>/last.pth if present")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
 
 
 def build_model(cfg):
@@ -68,41 +53,31 @@ def validation(cfg):
     return validate
 
 
+def run(cfg, args):
+    data, solver = cfg["DATASET"], cfg["SOLVER"]
+    out_dir = Path(args.out_dir or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"])
+    runtime = Runtime(args.device)
+    transform = CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], bgr_mean(cfg["IMAGE"]["MEAN"]),
+                                    data["IGNORE_LABEL"])
+    dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
+                                   data["LABELS"], transform)
+    batch = solver["BATCH_SIZE"]["TRAIN"]
+    loader = make_loader(dataset, batch, cfg["DATALOADER"]["NUM_WORKERS"], solver["SEED"], runtime)
+    model, model_args = build_model(cfg)
+    model.to(runtime.device)
+    start_run(cfg, out_dir, runtime,
+              f"DeepLab-V2: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
+              f"iterations of {batch} x {solver['ITER_SIZE']} images on {runtime.world_size} process(es), "
+              f"{runtime.device}")
+    final = train(deeplab_v2_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
+                  resume_path(args.resume, out_dir), show_progress=not args.no_progress,
+                  validate_fn=validation(cfg))
+    runtime.close()
+    return final
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        cfg = config.load(args.config, args.set)
-        data = cfg["DATASET"]
-        if args.voc_root:
-            data["ROOT"] = args.voc_root
-        if args.labels:
-            data["LABELS"] = args.labels
-        if not data["ROOT"]:
-            raise voc.DataError("no VOC root: pass --voc-root or set DATASET.ROOT")
-        out_dir = Path(args.out_dir or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"])
-        runtime = Runtime(args.device)
-        solver = cfg["SOLVER"]
-        transform = CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], bgr_mean(cfg["IMAGE"]["MEAN"]),
-                                        data["IGNORE_LABEL"])
-        dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
-                                       data["LABELS"], transform)
-        batch = solver["BATCH_SIZE"]["TRAIN"]
-        loader = make_loader(dataset, batch, cfg["DATALOADER"]["NUM_WORKERS"], solver["SEED"], runtime)
-        model, model_args = build_model(cfg)
-        model.to(runtime.device)
-        if runtime.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config.dump(cfg)))
-            print(f"DeepLab-V2: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
-                  f"iterations of {batch} x {solver['ITER_SIZE']} images on {runtime.world_size} process(es), "
-                  f"{runtime.device}", flush=True)
-        final = train(deeplab_v2_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
-                      resume_path(args.resume, out_dir),
-                      show_progress=not args.no_progress, validate_fn=validation(cfg))
-        runtime.close()
-        return final
-    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    return entry_main(run, argv, __doc__, REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ Writes ``<out>/checkpoint_final.pth`` (always; never chosen on val), ``checkpoin
 every SOLVER.ITER_SAVE iterations (``--resume auto``), ``config.yaml``, ``log.jsonl``.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -17,26 +16,12 @@ sys.path.insert(0, str(REPO))
 from torch import nn  # noqa: E402
 
 from models.deeplab_v3plus import DeepLabV3Plus  # noqa: E402
-from utils import checkpoints, config, voc  # noqa: E402
+from utils import checkpoints, voc  # noqa: E402
 from utils.distributed import Runtime  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 from utils.seg_data import ImageNetTrainTransform, SegmentationTrainSet, make_loader  # noqa: E402
-from utils.seg_training import deeplab_v3plus_recipe, train  # noqa: E402
+from utils.seg_training import deeplab_v3plus_recipe, entry_main, start_run, train  # noqa: E402
 from utils.sync_bn import convert_sync_batchnorm  # noqa: E402
 from utils.training import resume_path  # noqa: E402
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "DeepLabV3Plus-Pytorch" / "configs" / "voc.yaml"))
-    parser.add_argument("--voc-root", default=None, help="overrides DATASET.ROOT (the VOC2012 folder)")
-    parser.add_argument("--label-dir", default=None, help="overrides DATASET.LABELS: the training labels' folder")
-    parser.add_argument("--out-dir", default=None, help="default: outputs/deeplab_v3plus/<EXP.ID>")
-    parser.add_argument("--resume", default=None, help="a checkpoint, or 'auto' for <out>/last.pth if present")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
 
 
 def build_model(cfg):
@@ -64,39 +49,31 @@ def build_model(cfg):
     return model, args
 
 
+def run(cfg, args):
+    data, solver = cfg["DATASET"], cfg["SOLVER"]
+    out_dir = Path(args.out_dir or REPO / "outputs" / "deeplab_v3plus" / cfg["EXP"]["ID"])
+    runtime = Runtime(args.device)
+    transform = ImageNetTrainTransform(data["SCALE_RANGE"], data["CROP_SIZE"], data["IGNORE_LABEL"])
+    dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
+                                   data["LABELS"], transform)
+    loader = make_loader(dataset, solver["BATCH_SIZE"], solver["NUM_WORKERS"], solver["SEED"], runtime)
+    model, model_args = build_model(cfg)
+    synced = runtime.distributed and solver["SYNC_BN"]
+    if synced:
+        model = convert_sync_batchnorm(model)
+    model.to(runtime.device)
+    start_run(cfg, out_dir, runtime,
+              f"DeepLab-V3+: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
+              f"iterations of batch {solver['BATCH_SIZE']} on {runtime.world_size} process(es), {runtime.device}"
+              f"{', synchronised BN' if synced else ''}")
+    final = train(deeplab_v3plus_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
+                  resume_path(args.resume, out_dir), show_progress=not args.no_progress)
+    runtime.close()
+    return final
+
+
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        cfg = config.load(args.config, args.set)
-        data, solver = cfg["DATASET"], cfg["SOLVER"]
-        if args.voc_root:
-            data["ROOT"] = args.voc_root
-        if args.label_dir:
-            data["LABELS"] = args.label_dir
-        if not data["ROOT"]:
-            raise voc.DataError("no VOC root: pass --voc-root or set DATASET.ROOT")
-        out_dir = Path(args.out_dir or REPO / "outputs" / "deeplab_v3plus" / cfg["EXP"]["ID"])
-        runtime = Runtime(args.device)
-        transform = ImageNetTrainTransform(data["SCALE_RANGE"], data["CROP_SIZE"], data["IGNORE_LABEL"])
-        dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
-                                       data["LABELS"], transform)
-        loader = make_loader(dataset, solver["BATCH_SIZE"], solver["NUM_WORKERS"], solver["SEED"], runtime)
-        model, model_args = build_model(cfg)
-        if runtime.distributed and solver["SYNC_BN"]:
-            model = convert_sync_batchnorm(model)
-        model.to(runtime.device)
-        if runtime.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config.dump(cfg)))
-            print(f"DeepLab-V3+: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
-                  f"iterations of batch {solver['BATCH_SIZE']} on {runtime.world_size} process(es), {runtime.device}"
-                  f"{', synchronised BN' if runtime.distributed and solver['SYNC_BN'] else ''}", flush=True)
-        final = train(deeplab_v3plus_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
-                      resume_path(args.resume, out_dir), show_progress=not args.no_progress)
-        runtime.close()
-        return final
-    except (voc.DataError, checkpoints.CheckpointError, config.ConfigError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    return entry_main(run, argv, __doc__, REPO / "DeepLabV3Plus-Pytorch" / "configs" / "voc.yaml")
 
 
 if __name__ == "__main__":

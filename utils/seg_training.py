@@ -210,3 +210,61 @@ def deeplab_v3plus_recipe(cfg, model):
         max_iter=solver["ITER_MAX"], save_every=solver["ITER_SAVE"], momentum=solver["MOMENTUM"],
         amp=solver.get("AMP"), log_every=solver.get("LOG_EVERY", 50), val_every=cfg.get("VAL", {}).get("EVERY", 0),
         seed=solver["SEED"])
+
+
+# --- what the two segmentation entry points share -------------------------------------------------------------
+
+def entry_args(argv, description, default_config):
+    """The command line of DeepLab-V2-PyTorch/train.py and DeepLabV3Plus-Pytorch/main.py."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(default_config))
+    parser.add_argument("--voc-root", default=None, help="overrides DATASET.ROOT (the VOC2012 folder)")
+    parser.add_argument("--label-dir", "--labels", dest="label_dir", default=None,
+                        help="overrides DATASET.LABELS: the training labels' folder, under the VOC root or absolute")
+    parser.add_argument("--out-dir", default=None, help="default: outputs/<network>/<EXP.ID>")
+    parser.add_argument("--resume", default=None, help="a checkpoint, or 'auto' for <out>/last.pth if present")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def entry_config(args):
+    """The config with the command line's overrides; a VOC root is required."""
+    from utils import config as config_module
+
+    cfg = config_module.load(args.config, args.set)
+    data = cfg["DATASET"]
+    if args.voc_root:
+        data["ROOT"] = args.voc_root
+    if args.label_dir:
+        data["LABELS"] = args.label_dir
+    if not data["ROOT"]:
+        raise voc.DataError("no VOC root: pass --voc-root or set DATASET.ROOT")
+    return cfg
+
+
+def start_run(cfg, out_dir, runtime, banner):
+    """Main process: create the output folder, keep the config, say what runs."""
+    from utils import config as config_module
+    from utils.io import atomic_write
+
+    if runtime.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
+        print(banner, flush=True)
+
+
+def entry_main(run, argv, description, default_config):
+    """Parse, run ``run(cfg, args)``; user errors end in one line, not a traceback."""
+    import sys
+
+    from utils import config as config_module
+
+    args = entry_args(argv, description, default_config)
+    try:
+        return run(entry_config(args), args)
+    except (voc.DataError, checkpoints.CheckpointError, config_module.ConfigError, ValueError) as error:
+        sys.exit(f"error: {error}")
