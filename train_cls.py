@@ -18,10 +18,9 @@ from utils.distributed import Runtime
 from utils.evaluation import validate_classifier
 from utils.training import (
     build_optimizer,
-    fit,
     make_eval_loader,
     make_train_loader,
-    save_run_config,
+    run_fit,
     seed_everything,
     training_main,
 )
@@ -76,17 +75,12 @@ def train(cfg, args):
         classes = batch["classes"].to(runtime.device, non_blocking=True)
         return F.multilabel_soft_margin_loss(net(images), classes)
 
-    save_run_config(cfg, runtime)
-    if runtime.is_main:
-        print(f"stage 1: {margs['drs'] or 'relu'} classifier, width {margs['width']}, {len(train_set)} train images, "
+    banner = (f"stage 1: {margs['drs'] or 'relu'} classifier, width {margs['width']}, {len(train_set)} train images, "
               f"{tcfg['epochs']} epochs, global batch {tcfg['batch_size']} on {runtime.world_size} process(es), "
-              f"{runtime.device}", flush=True)
-    try:
-        return fit(cfg=cfg, runtime=runtime, model=model, model_args=margs, kind="classifier", optimizer=optimizer,
+              f"{runtime.device}")
+    return run_fit(banner, runtime, cfg=cfg, model=model, model_args=margs, kind="classifier", optimizer=optimizer,
                    train_loader=train_loader, loss_fn=loss_fn, validate_fn=validate, resume_arg=args.resume,
                    show_progress=not args.no_progress)
-    finally:
-        runtime.close()
 
 
 def main(argv=None):

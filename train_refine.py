@@ -18,10 +18,9 @@ from utils.evaluation import validate_refiner
 from utils.pseudo_labels import top_class_target
 from utils.training import (
     build_optimizer,
-    fit,
     make_eval_loader,
     make_train_loader,
-    save_run_config,
+    run_fit,
     seed_everything,
     training_main,
 )
@@ -74,17 +73,12 @@ def train(cfg, args):
         target = top_class_target(batch["maps"].to(runtime.device, non_blocking=True))
         return F.mse_loss(net(images), target)
 
-    save_run_config(cfg, runtime)
-    if runtime.is_main:
-        print(f"stage 2: refinement network, width {margs['width']}, {len(train_set)} train images with maps from "
+    banner = (f"stage 2: refinement network, width {margs['width']}, {len(train_set)} train images with maps from "
               f"{maps_dir}, {tcfg['epochs']} epochs, global batch {tcfg['batch_size']} on {runtime.world_size} "
-              f"process(es), {runtime.device}", flush=True)
-    try:
-        return fit(cfg=cfg, runtime=runtime, model=model, model_args=margs, kind="refine", optimizer=optimizer,
+              f"process(es), {runtime.device}")
+    return run_fit(banner, runtime, cfg=cfg, model=model, model_args=margs, kind="refine", optimizer=optimizer,
                    train_loader=train_loader, loss_fn=loss_fn, validate_fn=validate, resume_arg=args.resume,
                    show_progress=not args.no_progress)
-    finally:
-        runtime.close()
 
 
 def main(argv=None):

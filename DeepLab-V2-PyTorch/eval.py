@@ -8,7 +8,6 @@ CKPT is ours or the released ``base.*`` state dict. Writes to OUT: ``logit/<id>.
 CRF labels are kept, so an interrupted run resumes.
 """
 
-import argparse
 import functools
 import sys
 from pathlib import Path
@@ -18,23 +17,13 @@ sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config, voc  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
-from utils.seg_eval import caffe_input, crf_params_from_config, eval_main, evaluate  # noqa: E402
+from utils.seg_eval import caffe_input, crf_params_from_config, eval_main, eval_parser, evaluate  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
-    parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
-    parser.add_argument("--checkpoint", required=True, help="DeepLab-V2 checkpoint (ours or released base.* format)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
-    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True, help="dense-CRF labels too")
-    parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    return parser.parse_args(argv)
+    return eval_parser(__doc__, DEFAULT_CONFIG, "DeepLab-V2").parse_args(argv)
 
 
 def settings(cfg):

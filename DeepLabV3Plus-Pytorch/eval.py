@@ -10,7 +10,6 @@ resolution, as the original saves them), ``<id>.png``, ``crf/<id>.png``, ``score
 and ``scores.md``. Existing logits and CRF labels are kept, so an interrupted run resumes.
 """
 
-import argparse
 import functools
 import json
 import sys
@@ -23,24 +22,15 @@ sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config, voc  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
-from utils.seg_eval import crf_params_from_config, crop_gt, eval_main, evaluate, imagenet_input  # noqa: E402
+from utils.seg_eval import crf_params_from_config, crop_gt, eval_main, eval_parser, evaluate, imagenet_input  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc.yaml"
 PROTOCOL_FILE = "protocol.json"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
-    parser.add_argument("--list", required=True, help="plain id list or '<id> <c1> ...' list")
-    parser.add_argument("--checkpoint", required=True, help="DeepLab-V3+ checkpoint (ours or released model_state)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser = eval_parser(__doc__, DEFAULT_CONFIG, "DeepLab-V3+")
     parser.add_argument("--crop-val", action="store_true", help="resize + centre crop to EVAL.CROP_SIZE (run.sh)")
-    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True, help="dense-CRF labels too")
-    parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     return parser.parse_args(argv)
 
 

@@ -228,6 +228,23 @@ def summary(results):
     return line
 
 
+def eval_parser(description, default_config, network):
+    """The command line both evaluation entry points share; callers may add their own flags."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
+    parser.add_argument("--list", required=True, help="plain id list or '<id> <c1> ...' list")
+    parser.add_argument("--checkpoint", required=True, help=f"{network} checkpoint (ours or the released format)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", default=str(default_config))
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True, help="dense-CRF labels too")
+    parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    return parser
+
+
 def eval_main(run, args):
     """Run an evaluation entry point: user errors end in one line; a summary line at the end."""
     import sys

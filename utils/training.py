@@ -223,3 +223,14 @@ def make_eval_loader(dataset, cfg):
 
     return DataLoader(dataset, batch_size=cfg["train"]["batch_size"], num_workers=cfg["data"]["num_workers"],
                       collate_fn=collate)
+
+
+def run_fit(banner, runtime, **fit_kwargs):
+    """Keep the config, say what runs, train with :func:`fit`, and always leave the process group."""
+    save_run_config(fit_kwargs["cfg"], runtime)
+    if runtime.is_main:
+        print(banner, flush=True)
+    try:
+        return fit(runtime=runtime, **fit_kwargs)
+    finally:
+        runtime.close()
