@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 from utils import voc
-from utils.io import atomic_write, progress, save_json
+from utils.io import atomic_write, save_json
 from utils.metrics import ConfusionMatrix, markdown_table
+from utils.seg_eval import label_file_pairs
 
 
 def parse_args(argv=None):
@@ -30,11 +31,7 @@ def parse_args(argv=None):
 def evaluate(voc_root, ids, labels_dir, gt_dir=voc.GT_DIR):
     matrix = ConfusionMatrix()
     labelled = total = 0
-    for image_id in progress(ids, desc="evaluating labels", unit="image"):
-        pred = voc.load_label(Path(labels_dir) / f"{image_id}.png")
-        gt = voc.load_label(Path(voc_root) / gt_dir / f"{image_id}.png")
-        if pred.shape != gt.shape:
-            raise voc.DataError(f"{Path(labels_dir) / image_id}.png is {pred.shape}, its GT is {gt.shape}")
+    for pred, gt in label_file_pairs(ids, labels_dir, Path(voc_root) / gt_dir, desc="evaluating labels"):
         matrix.update(gt, pred)
         labelled += int((pred != voc.IGNORE_LABEL).sum())
         total += pred.size

@@ -146,12 +146,9 @@ def load_classifier(path, delta=None, map_location="cpu"):
     """
     from models.classifier import DRSClassifier
 
-    checkpoint = load_file(path)
-    if is_ours(checkpoint):
-        if checkpoint["kind"] != "classifier":
-            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not a stage-1 classifier")
-        args = dict(checkpoint["model_args"])
-        state = checkpoint["model"]
+    ours = _ours(load_file(path), "classifier", path, "a stage-1 classifier")
+    if ours:
+        args, state = ours
         if delta is not None:
             args["drs"] = delta
     else:
@@ -168,18 +165,16 @@ def load_classifier(path, delta=None, map_location="cpu"):
                 f"{path} is a fixed-delta DRS checkpoint (no gate weights); its delta is not stored: pass --delta"
             )
         args = {"num_classes": state["extra_conv4.weight"].shape[0], "drs": drs, "width": vgg_width(state)}
-    return _build(DRSClassifier, args, state, path, map_location)
+    return _build(DRSClassifier, _no_download(args), state, path, map_location)
 
 
 def load_refiner(path, map_location="cpu"):
     """Build a :class:`RefineNet` from our checkpoint or an original ``Refine_DRS_learnable.pth``."""
     from models.refine import RefineNet
 
-    checkpoint = load_file(path)
-    if is_ours(checkpoint):
-        if checkpoint["kind"] != "refine":
-            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not a stage-2 refinement network")
-        args, state = dict(checkpoint["model_args"]), checkpoint["model"]
+    ours = _ours(load_file(path), "refine", path, "a stage-2 refinement network")
+    if ours:
+        args, state = ours
     else:
         state, _ = load_released_vgg(path)
         if any(k.endswith(".fc.0.weight") for k in state):
@@ -187,17 +182,34 @@ def load_refiner(path, map_location="cpu"):
         if "extra_conv4.weight" not in state:
             raise CheckpointError(f"{path}: no extra_conv4; not a refinement network checkpoint")
         args = {"num_classes": state["extra_conv4.weight"].shape[0], "width": vgg_width(state)}
-    return _build(RefineNet, args, state, path, map_location)
+    return _build(RefineNet, _no_download(args), state, path, map_location)
 
 
-def _build(cls, args, state, path, map_location):
+def _ours(checkpoint, kind, path, what):
+    """``(model_args, state)`` of our checkpoint of ``kind``; None for a file in another format."""
+    if not is_ours(checkpoint):
+        return None
+    if checkpoint["kind"] != kind:
+        raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not {what}")
+    return dict(checkpoint["model_args"]), checkpoint["model"]
+
+
+def _no_download(args):
+    """VGG model args that never fetch ImageNet weights: the checkpoint overwrites them all."""
     args = {**args, "pretrained": False}
     args.pop("pretrained_path", None)
-    model = cls(**args)
+    return args
+
+
+def _build(factory, args, state, path, map_location, name=None):
+    """``factory(**args)`` loaded strictly from ``state``; a mismatch is one CheckpointError naming the keys."""
     try:
+        model = factory(**args)
         model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit {cls.__name__}({args}): {str(error).splitlines()[0]}") from None
+    except (RuntimeError, TypeError, KeyError) as error:
+        lines = str(error).splitlines()  # a strict-load error names the model first, the offending keys next
+        detail = lines[1].strip() if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{path} does not fit {name or factory.__name__} {args}: {detail}") from None
     return model.to(map_location), args
 
 
@@ -218,10 +230,9 @@ def load_deeplab_v2(path, map_location="cpu"):
     from models.deeplab_v2 import deeplab_v2_msc
 
     checkpoint = load_file(path)
-    if is_ours(checkpoint):
-        if checkpoint["kind"] != "deeplab_v2":
-            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not DeepLab-V2")
-        args, state = dict(checkpoint["model_args"]), checkpoint["model"]
+    ours = _ours(checkpoint, "deeplab_v2", path, "DeepLab-V2")
+    if ours:
+        args, state = ours
     else:
         state = checkpoint
         if not isinstance(state, dict) or "base.layer1.conv1.conv.weight" not in state:
@@ -231,12 +242,7 @@ def load_deeplab_v2(path, map_location="cpu"):
         rates = (6, 12, 18, 24)[:branches]  # dilation is not stored; the released model uses ASPP-L
         args = {"n_classes": state["base.aspp.c0.weight"].shape[0], "n_blocks": _resnet_blocks(state, "base."),
                 "atrous_rates": rates, "width": state["base.layer1.conv1.conv.weight"].shape[0] / 64.0}
-    model = deeplab_v2_msc(**args)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{path} does not fit DeepLab-V2 {args}: {str(error).splitlines()[0]}") from None
-    return model.to(map_location), args
+    return _build(deeplab_v2_msc, args, state, path, map_location, "DeepLab-V2")
 
 
 def load_coco_init(base, path):
@@ -290,20 +296,12 @@ def load_deeplab_v3plus(path, map_location="cpu", released_args=None):
     from models.deeplab_v3plus import DeepLabV3Plus
 
     checkpoint = load_file(path)
-    if is_ours(checkpoint):
-        if checkpoint["kind"] != "deeplab_v3plus":
-            raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not DeepLab-V3+")
-        args, state = dict(checkpoint["model_args"]), checkpoint["model"]
+    ours = _ours(checkpoint, "deeplab_v3plus", path, "DeepLab-V3+")
+    if ours:
+        args, state = ours
     else:
         state = _released_v3plus_state(checkpoint, path)
         args = {"num_classes": state[_V3PLUS_CLASS_CONV].shape[0], "depth": _deeplab_v3plus_depth(state, path),
                 "output_stride": 16, "separable": False, **(released_args or {})}
     args.pop("weights", None)  # never download ImageNet weights: the checkpoint overwrites them all
-    try:
-        model = DeepLabV3Plus(**args)
-        model.load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, KeyError) as error:
-        lines = str(error).splitlines()  # a strict-load error names the model first, the offending keys next
-        detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{path} does not fit DeepLab-V3+ {args}: {detail}") from None
-    return model.to(map_location), args
+    return _build(DeepLabV3Plus, args, state, path, map_location, "DeepLab-V3+")

@@ -174,12 +174,18 @@ def write_crf_labels(voc_root, ids, out_dir, load_input, params, jobs=None):
     return todo
 
 
-def score_label_files(ids, label_dir, gt_dir, gt_transform=None):
-    matrix = ConfusionMatrix()
-    for image_id in ids:
+def label_file_pairs(ids, label_dir, gt_dir, gt_transform=None, desc=None):
+    """``(label, gt)`` of each id: ``<label_dir>/<id>.png`` and its GT, checked to be the same size."""
+    for image_id in progress(ids, quiet=desc is None, desc=desc, unit="image"):
         path = Path(label_dir) / f"{image_id}.png"
         label = load_label(path)
-        matrix.update(load_gt(gt_dir, image_id, label.shape, path, gt_transform), label)
+        yield label, load_gt(gt_dir, image_id, label.shape, path, gt_transform)
+
+
+def score_label_files(ids, label_dir, gt_dir, gt_transform=None):
+    matrix = ConfusionMatrix()
+    for label, gt in label_file_pairs(ids, label_dir, gt_dir, gt_transform):
+        matrix.update(gt, label)
     return matrix
 
 
