@@ -15,11 +15,9 @@ sys.path.insert(0, str(REPO))
 
 from models.deeplab_v2 import deeplab_v2_msc  # noqa: E402
 from utils import checkpoints, voc  # noqa: E402
-from utils.distributed import Runtime  # noqa: E402
-from utils.seg_data import CaffeTrainTransform, SegmentationTrainSet, bgr_mean, make_loader  # noqa: E402
+from utils.seg_data import CaffeTrainTransform, bgr_mean  # noqa: E402
 from utils.seg_eval import validation_miou  # noqa: E402
-from utils.seg_training import deeplab_v2_recipe, entry_main, start_run, train  # noqa: E402
-from utils.training import resume_path  # noqa: E402
+from utils.seg_training import deeplab_v2_recipe, entry_main, train_on_labels  # noqa: E402
 
 
 def build_model(cfg):
@@ -55,25 +53,13 @@ def validation(cfg):
 
 def run(cfg, args):
     data, solver = cfg["DATASET"], cfg["SOLVER"]
-    out_dir = Path(args.out_dir or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"])
-    runtime = Runtime(args.device)
-    transform = CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], bgr_mean(cfg["IMAGE"]["MEAN"]),
-                                    data["IGNORE_LABEL"])
-    dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
-                                   data["LABELS"], transform)
-    batch = solver["BATCH_SIZE"]["TRAIN"]
-    loader = make_loader(dataset, batch, cfg["DATALOADER"]["NUM_WORKERS"], solver["SEED"], runtime)
-    model, model_args = build_model(cfg)
-    model.to(runtime.device)
-    start_run(cfg, out_dir, runtime,
-              f"DeepLab-V2: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
-              f"iterations of {batch} x {solver['ITER_SIZE']} images on {runtime.world_size} process(es), "
-              f"{runtime.device}")
-    final = train(deeplab_v2_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
-                  resume_path(args.resume, out_dir), show_progress=not args.no_progress,
-                  validate_fn=validation(cfg))
-    runtime.close()
-    return final
+    return train_on_labels(
+        cfg, args, name="DeepLab-V2", out_dir=Path(args.out_dir or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"]),
+        transform=CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], bgr_mean(cfg["IMAGE"]["MEAN"]),
+                                      data["IGNORE_LABEL"]),
+        batch=solver["BATCH_SIZE"]["TRAIN"], workers=cfg["DATALOADER"]["NUM_WORKERS"], build_model=build_model,
+        recipe=deeplab_v2_recipe, batch_text=f"{solver['BATCH_SIZE']['TRAIN']} x {solver['ITER_SIZE']} images",
+        validate_fn=validation(cfg))
 
 
 def main(argv=None):

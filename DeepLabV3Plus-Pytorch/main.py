@@ -16,18 +16,19 @@ sys.path.insert(0, str(REPO))
 from torch import nn  # noqa: E402
 
 from models.deeplab_v3plus import DeepLabV3Plus  # noqa: E402
-from utils import checkpoints, voc  # noqa: E402
-from utils.distributed import Runtime  # noqa: E402
-from utils.seg_data import ImageNetTrainTransform, SegmentationTrainSet, make_loader  # noqa: E402
-from utils.seg_training import deeplab_v3plus_recipe, entry_main, start_run, train  # noqa: E402
-from utils.sync_bn import convert_sync_batchnorm  # noqa: E402
-from utils.training import resume_path  # noqa: E402
+from utils import checkpoints, config  # noqa: E402
+from utils.seg_data import ImageNetTrainTransform  # noqa: E402
+from utils.seg_training import deeplab_v3plus_recipe, entry_main, train_on_labels  # noqa: E402
 
 
 def build_model(cfg):
     m = cfg["MODEL"]
-    args = {"num_classes": m["NUM_CLASSES"], "depth": m.get("DEPTH", 101), "output_stride": m["OUTPUT_STRIDE"],
-            "separable": bool(m["SEPARABLE"])}
+    args = {"num_classes": m["NUM_CLASSES"], "depth": m["DEPTH"], "output_stride": m["OUTPUT_STRIDE"],
+            "separable": bool(m["SEPARABLE"]), "width": m["WIDTH"], "head_channels": m["HEAD_CHANNELS"],
+            "project_channels": m["PROJECT_CHANNELS"], "n_blocks": m["N_BLOCKS"]}
+    if m.get("PRETRAINED") and (args["width"] != 64 or args["n_blocks"]):
+        raise config.ConfigError("MODEL.PRETRAINED needs the ImageNet ResNet's shape: MODEL.WIDTH 64 and "
+                                 f"MODEL.N_BLOCKS null, not {args['width']} and {args['n_blocks']}")
     weights = None
     if m.get("PRETRAINED") and not m.get("PRETRAINED_PATH"):
         weights = "IMAGENET1K_V1"
@@ -51,25 +52,12 @@ def build_model(cfg):
 
 def run(cfg, args):
     data, solver = cfg["DATASET"], cfg["SOLVER"]
-    out_dir = Path(args.out_dir or REPO / "outputs" / "deeplab_v3plus" / cfg["EXP"]["ID"])
-    runtime = Runtime(args.device)
-    transform = ImageNetTrainTransform(data["SCALE_RANGE"], data["CROP_SIZE"], data["IGNORE_LABEL"])
-    dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
-                                   data["LABELS"], transform)
-    loader = make_loader(dataset, solver["BATCH_SIZE"], solver["NUM_WORKERS"], solver["SEED"], runtime)
-    model, model_args = build_model(cfg)
-    synced = runtime.distributed and solver["SYNC_BN"]
-    if synced:
-        model = convert_sync_batchnorm(model)
-    model.to(runtime.device)
-    start_run(cfg, out_dir, runtime,
-              f"DeepLab-V3+: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} "
-              f"iterations of batch {solver['BATCH_SIZE']} on {runtime.world_size} process(es), {runtime.device}"
-              f"{', synchronised BN' if synced else ''}")
-    final = train(deeplab_v3plus_recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
-                  resume_path(args.resume, out_dir), show_progress=not args.no_progress)
-    runtime.close()
-    return final
+    return train_on_labels(
+        cfg, args, name="DeepLab-V3+",
+        out_dir=Path(args.out_dir or REPO / "outputs" / "deeplab_v3plus" / cfg["EXP"]["ID"]),
+        transform=ImageNetTrainTransform(data["SCALE_RANGE"], data["CROP_SIZE"], data["IGNORE_LABEL"]),
+        batch=solver["BATCH_SIZE"], workers=solver["NUM_WORKERS"], build_model=build_model,
+        recipe=deeplab_v3plus_recipe, batch_text=f"batch {solver['BATCH_SIZE']}", sync_bn=solver["SYNC_BN"])
 
 
 def main(argv=None):

@@ -8,18 +8,69 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def _stage(in_channels, planes, blocks, stride, dilation, dilate):
+    """One ResNet stage of torchvision Bottlenecks, as torchvision builds it (same module names and order);
+    returns (stage, out_channels, dilation after it). A dilated stage trades its stride for dilation."""
+    previous_dilation = dilation
+    if dilate:
+        dilation, stride = dilation * stride, 1
+    out_channels = planes * Bottleneck.expansion
+    downsample = None
+    if stride != 1 or in_channels != out_channels:
+        downsample = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                   nn.BatchNorm2d(out_channels))
+    layers = [Bottleneck(in_channels, planes, stride, downsample, dilation=previous_dilation)]
+    layers += [Bottleneck(out_channels, planes, dilation=dilation) for _ in range(1, blocks)]
+    return nn.Sequential(*layers), out_channels, dilation
 
 
 class ResNetFeatures(nn.Module):
-    """torchvision's ResNet without its pooling and fc: returns (layer1, layer4) features."""
+    """torchvision's bottleneck ResNet without its pooling and fc: returns (layer1, layer4) features.
 
-    def __init__(self, depth=101, output_stride=16, weights=None):
+    ``width`` is the stem's channel count (64 in every torchvision ResNet; stage ``i`` has ``width * 2**i``
+    bottleneck planes and 4x that many outputs); ``n_blocks`` overrides the blocks per stage of ``depth``.
+    With neither, the modules, names and initialisation are torchvision's, so ImageNet ``weights`` (a torchvision
+    weights name, e.g. ``"IMAGENET1K_V1"``) load strictly; the smaller networks exist for CPU-sized experiments
+    and have no pretrained weights.
+    """
+
+    def __init__(self, depth=101, output_stride=16, weights=None, width=64, n_blocks=None):
         super().__init__()
-        dilate = {16: [False, False, True], 8: [False, True, True]}[output_stride]
-        builder = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}[depth]
-        resnet = builder(weights=weights, replace_stride_with_dilation=dilate)
-        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
-            setattr(self, name, getattr(resnet, name))
+        if depth not in BLOCKS:
+            raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS)}, got {depth}")
+        n_blocks = tuple(n_blocks or BLOCKS[depth])
+        if len(n_blocks) != 4 or min(n_blocks) < 1:
+            raise ValueError(f"n_blocks must be 4 positive block counts, got {n_blocks}")
+        if weights is not None and (width != 64 or n_blocks != BLOCKS[depth]):
+            raise ValueError(f"ImageNet weights exist only for width 64 and blocks {BLOCKS[depth]}, not width "
+                             f"{width} and blocks {n_blocks}")
+        dilate = {16: (False, False, True), 8: (False, True, True)}[output_stride]
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        channels, dilation = width, 1
+        for index, blocks in enumerate(n_blocks):
+            stage, channels, dilation = _stage(channels, width * 2 ** index, blocks, 1 if index == 0 else 2,
+                                               dilation, index > 0 and dilate[index - 1])
+            setattr(self, f"layer{index + 1}", stage)
+        self.low_level_channels, self.out_channels = width * Bottleneck.expansion, channels
+        for module in self.modules():  # torchvision's initialisation
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        if weights is not None:
+            if isinstance(weights, str):
+                weights = torchvision.models.get_model_weights(f"resnet{depth}")[weights]
+            state = weights.get_state_dict(progress=True)
+            self.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=True)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -63,11 +114,16 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3PlusHead(nn.Module):
-    def __init__(self, in_channels, low_level_channels, num_classes, rates, separable=False):
+    """ASPP on the deep features, upsampled and joined with a ``project_channels`` projection of the low-level
+    features, then a 3x3 conv of ``channels`` and the classifier (the paper: 256 and 48)."""
+
+    def __init__(self, in_channels, low_level_channels, num_classes, rates, separable=False, channels=256,
+                 project_channels=48):
         super().__init__()
-        self.project = nn.Sequential(*conv_bn_relu(low_level_channels, 48))
-        self.aspp = ASPP(in_channels, rates, separable=separable)
-        self.classifier = nn.Sequential(*conv_bn_relu(48 + 256, 256, 3, 1, separable), nn.Conv2d(256, num_classes, 1))
+        self.project = nn.Sequential(*conv_bn_relu(low_level_channels, project_channels))
+        self.aspp = ASPP(in_channels, rates, channels, separable)
+        self.classifier = nn.Sequential(*conv_bn_relu(project_channels + channels, channels, 3, 1, separable),
+                                        nn.Conv2d(channels, num_classes, 1))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight)
@@ -82,13 +138,20 @@ class DeepLabV3PlusHead(nn.Module):
 
 
 class DeepLabV3Plus(nn.Module):
-    """Logits at the input resolution. ``weights``: torchvision ResNet weights (e.g. ``"IMAGENET1K_V1"``)."""
+    """Logits at the input resolution. ``weights``: torchvision ResNet weights (e.g. ``"IMAGENET1K_V1"``).
 
-    def __init__(self, num_classes=21, depth=101, output_stride=16, separable=False, weights=None):
+    The defaults are the paper's network. ``width`` (ResNet stem channels, 64), ``n_blocks`` (blocks per
+    stage, from ``depth``), ``head_channels`` (ASPP and decoder, 256) and ``project_channels`` (low-level
+    projection, 48) shrink it for CPU-sized experiments without changing a module name.
+    """
+
+    def __init__(self, num_classes=21, depth=101, output_stride=16, separable=False, weights=None, width=64,
+                 head_channels=256, project_channels=48, n_blocks=None):
         super().__init__()
         rates = {16: (6, 12, 18), 8: (12, 24, 36)}[output_stride]
-        self.backbone = ResNetFeatures(depth, output_stride, weights)
-        self.classifier = DeepLabV3PlusHead(2048, 256, num_classes, rates, separable)
+        self.backbone = ResNetFeatures(depth, output_stride, weights, width, n_blocks)
+        self.classifier = DeepLabV3PlusHead(self.backbone.out_channels, self.backbone.low_level_channels,
+                                            num_classes, rates, separable, head_channels, project_channels)
 
     def forward(self, x):
         logits = self.classifier(*self.backbone(x))

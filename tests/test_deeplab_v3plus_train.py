@@ -7,16 +7,50 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
+import torchvision
 
-from models.deeplab_v3plus import DeepLabV3Plus
+from models.deeplab_v3plus import DeepLabV3Plus, ResNetFeatures
 from tests.conftest import PARITY, REPO, run_cli
 from utils.seg_data import ImageNetTrainTransform
 from utils.seg_training import deeplab_v3plus_groups, poly_lr_min
 
-SMALL = ["--label-dir", "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50",
+SMALL = ["--label-dir", "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50", "--set", "MODEL.WIDTH=16",
          "--set", "MODEL.PRETRAINED=false", "--set", "SOLVER.BATCH_SIZE=2", "--set", "SOLVER.NUM_WORKERS=0",
          "--set", "DATASET.CROP_SIZE=65", "--set", "SOLVER.ITER_MAX=2", "--set", "SOLVER.ITER_SAVE=2"]
+
+
+@pytest.mark.parametrize("output_stride,dilate", [(16, [False, False, True]), (8, [False, True, True])])
+def test_backbone_at_width_64_is_torchvisions_resnet(output_stride, dilate):
+    reference = torchvision.models.resnet50(replace_stride_with_dilation=dilate).eval()
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    ours = ResNetFeatures(50, output_stride).eval()
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in state.items()]
+    ours.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        low, high = ours(x)
+        stem = reference.maxpool(reference.relu(reference.bn1(reference.conv1(x))))
+        expected_low = reference.layer1(stem)
+        expected_high = reference.layer4(reference.layer3(reference.layer2(expected_low)))
+    torch.testing.assert_close(low, expected_low, rtol=0, atol=0)
+    torch.testing.assert_close(high, expected_high, rtol=0, atol=0)
+    assert high.shape[-1] == math.ceil(65 / output_stride)
+
+
+def test_small_model_scales_every_channel_and_block_count():
+    model = DeepLabV3Plus(num_classes=5, depth=50, width=8, head_channels=32, project_channels=6, n_blocks=[1, 2, 1, 1])
+    assert model.backbone.conv1.out_channels == 8 and model.backbone.layer4[-1].conv3.out_channels == 256
+    assert [len(getattr(model.backbone, f"layer{i}")) for i in (1, 2, 3, 4)] == [1, 2, 1, 1]
+    assert model.classifier.project[0].in_channels == 32 and model.classifier.project[0].out_channels == 6
+    assert model.classifier.aspp.project[0].in_channels == 5 * 32
+    assert model.classifier.classifier[0].in_channels == 32 + 6
+    assert model(torch.randn(2, 3, 33, 33)).shape == (2, 5, 33, 33)
+    with pytest.raises(ValueError, match="width 64"):
+        ResNetFeatures(50, weights="IMAGENET1K_V1", width=16)
+    with pytest.raises(ValueError, match="blocks"):
+        ResNetFeatures(50, weights="IMAGENET1K_V1", n_blocks=[1, 1, 1, 1])
 
 
 def test_label_padding_is_ignore_and_image_padding_is_black():
@@ -40,14 +74,16 @@ def test_poly_lr_with_floor_matches_original():
     assert poly_lr_min(0.05, 20000, 20000) == 1e-6
 
 
-def test_cpu_training_skips_amp_and_writes_the_final_checkpoint(parity_voc, tmp_path):
+def test_cpu_training_of_the_demo_config_skips_amp_and_writes_the_final_checkpoint(parity_voc, tmp_path):
     out = tmp_path / "v3p"
-    result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--voc-root", parity_voc, "--out-dir", out, *SMALL)
+    result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml",
+                     "--voc-root", parity_voc, "--out-dir", out, *SMALL)
     assert "AMP (bf16) is CUDA-only" in result.stdout
     final = torch.load(out / "checkpoint_final.pth", weights_only=True)
     assert final["kind"] == "deeplab_v3plus" and final["iteration"] == 2
     model = DeepLabV3Plus(**final["model_args"])
     model.load_state_dict(final["model"])  # strict
+    assert final["model_args"]["width"] == 16 and model.backbone.conv1.out_channels == 16
 
 
 def test_two_process_torchrun_with_synchronised_bn(parity_voc, tmp_path):
@@ -60,3 +96,10 @@ def test_two_process_torchrun_with_synchronised_bn(parity_voc, tmp_path):
     assert "on 2 process(es), cpu, synchronised BN" in result.stdout
     state = torch.load(out / "checkpoint_final.pth", weights_only=True)["model"]
     assert "backbone.bn1.running_mean" in state  # plain BatchNorm keys: loadable without torchrun
+
+
+def test_imagenet_weights_for_a_narrow_network_are_a_one_line_error(parity_voc, tmp_path):
+    result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--voc-root", parity_voc, "--out-dir", tmp_path / "out", *SMALL,
+                     "--set", "MODEL.PRETRAINED=true", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "MODEL.PRETRAINED needs the ImageNet ResNet's shape" in result.stderr + result.stdout

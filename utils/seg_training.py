@@ -12,8 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils import checkpoints, voc
-from utils.io import progress
-from utils.training import RunLog, seed_everything
+from utils.config import dump
+from utils.distributed import Runtime
+from utils.io import atomic_write, progress
+from utils.seg_data import SegmentationTrainSet, make_loader
+from utils.sync_bn import convert_sync_batchnorm
+from utils.training import RunLog, resume_path, seed_everything
 
 KIND = "deeplab_v2"
 
@@ -246,15 +250,30 @@ def entry_config(args):
     return cfg
 
 
-def start_run(cfg, out_dir, runtime, banner):
-    """Main process: create the output folder, keep the config, say what runs."""
-    from utils import config as config_module
-    from utils.io import atomic_write
-
+def train_on_labels(cfg, args, *, name, out_dir, transform, batch, workers, build_model, recipe, batch_text,
+                    validate_fn=None, sync_bn=False):
+    """The body of both segmentation trainers: the pseudo-label dataset and loader, the model (with synchronised
+    BN under torchrun if ``sync_bn``), the config kept in ``out_dir``, then :func:`train`."""
+    data, solver = cfg["DATASET"], cfg["SOLVER"]
+    runtime = Runtime(args.device)
+    dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
+                                   data["LABELS"], transform)
+    loader = make_loader(dataset, batch, workers, solver["SEED"], runtime)
+    model, model_args = build_model(cfg)
+    synced = sync_bn and runtime.distributed
+    if synced:
+        model = convert_sync_batchnorm(model)
+    model.to(runtime.device)
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
-        print(banner, flush=True)
+        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(dump(cfg)))
+        print(f"{name}: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} iterations "
+              f"of {batch_text} on {runtime.world_size} process(es), {runtime.device}"
+              f"{', synchronised BN' if synced else ''}", flush=True)
+    final = train(recipe(cfg, model), cfg, model, model_args, loader, runtime, out_dir,
+                  resume_path(args.resume, out_dir), show_progress=not args.no_progress, validate_fn=validate_fn)
+    runtime.close()
+    return final
 
 
 def entry_main(run, argv, description, default_config):
