@@ -7,7 +7,8 @@
 #
 # Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
 #          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
-#          --seg none|v2|v3p (train and evaluate a segmentation network on the pseudo labels; demo default v2),
+#          --seg none|v2|v3p|v2,v3p (segmentation networks trained on the pseudo labels, evaluated on val;
+#                demo default v2,v3p),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -23,8 +24,14 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --gpus) GPUS=$2; shift 2 ;;
     --seg) SEG=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for net in ${SEG//,/ }; do
+  case "$net" in
+    none|v2|v3p) ;;
+    *) echo "run.sh: --seg takes none, v2, v3p or v2,v3p; got $SEG" >&2; exit 2 ;;
   esac
 done
 
@@ -78,7 +85,8 @@ if [ -z "$VOC_ROOT" ]; then
   ROOT=$OUT/VOC2012
   SIZE_ARGS=(--size 112 --scales 96 112 128)
   CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
-  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2}
+  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2,v3p}
+  V3P_PROTOCOLS=(full)  # the demo images are 112 px squares: crop-val at 112 would be the same images
   VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
@@ -91,6 +99,7 @@ else
   SIZE_ARGS=()
   CLS_CONFIG=configs/cls_voc.yaml REFINE_CONFIG=configs/refine_voc.yaml
   V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/voc.yaml SEG=${SEG:-none}
+  V3P_PROTOCOLS=(full crop-val)  # standard VOC protocol, and the original's (the paper's numbers)
   VAL_IDS=$ROOT/ImageSets/Segmentation/val.txt
   [ "$GPUS" -gt 1 ] && V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12_2gpu.yaml
   REFINE_SETS=()
@@ -133,33 +142,33 @@ step "stages 1-3 on the train images"
 $PY -m utils.report --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
   "${reports[@]}"
 
-case "$SEG" in
-  none) ;;
-  v2)
-    step "DeepLab-V2 on the pseudo labels"
-    train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$(basename "$LABELS")"
-    $PY DeepLab-V2-PyTorch/eval.py --config "$V2_CONFIG" --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" \
-      --checkpoint "$OUT/deeplab_v2/checkpoint_final.pth" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
-    $PY -m utils.report --kind pipeline --out "$OUT/segmentation.md" --title "DeepLab-V2 (val) and its training labels" \
-      "pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json" \
-      "DeepLab-V2 (val)=$OUT/eval/deeplab_v2/scores.json" "DeepLab-V2 + CRF (val)=$OUT/eval/deeplab_v2/scores_crf.json"
-    ;;
-  v3p)
-    step "DeepLab-V3+ on the pseudo labels"
-    train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --label-dir "$(basename "$LABELS")"
-    for protocol in full crop-val; do
-      extra=()
-      [ "$protocol" = crop-val ] && extra=(--crop-val)
-      $PY DeepLabV3Plus-Pytorch/eval.py --config "$V3P_CONFIG" --voc-root "$ROOT" --list "$VAL_IDS" \
-        --checkpoint "$OUT/deeplab_v3plus/checkpoint_final.pth" --out "$OUT/eval/deeplab_v3plus_$protocol" --crf \
-        --device "$DEVICE" "${extra[@]}"
-    done
-    $PY -m utils.report --kind pipeline --out "$OUT/segmentation_v3plus.md" \
-      --title "DeepLab-V3+ (val) and its training labels" \
-      "pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json" \
-      "DeepLab-V3+ (val, full images)=$OUT/eval/deeplab_v3plus_full/scores.json" \
-      "DeepLab-V3+ + CRF (val, full images)=$OUT/eval/deeplab_v3plus_full/scores_crf.json" \
-      "DeepLab-V3+ (val, crop-val)=$OUT/eval/deeplab_v3plus_crop-val/scores.json"
-    ;;
-  *) echo "run.sh: --seg must be none, v2 or v3p" >&2; exit 2 ;;
-esac
+seg_rows=("pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json")
+for net in ${SEG//,/ }; do
+  case "$net" in
+    v2)
+      step "DeepLab-V2 on the pseudo labels"
+      train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$(basename "$LABELS")"
+      $PY DeepLab-V2-PyTorch/eval.py --config "$V2_CONFIG" --voc-root "$ROOT" --list "$VAL_IDS" \
+        --checkpoint "$OUT/deeplab_v2/checkpoint_final.pth" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
+      seg_rows+=("DeepLab-V2 (val)=$OUT/eval/deeplab_v2/scores.json"
+                 "DeepLab-V2 + CRF (val)=$OUT/eval/deeplab_v2/scores_crf.json")
+      ;;
+    v3p)
+      step "DeepLab-V3+ on the pseudo labels"
+      train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --label-dir "$(basename "$LABELS")"
+      for protocol in "${V3P_PROTOCOLS[@]}"; do
+        extra=()
+        [ "$protocol" = crop-val ] && extra=(--crop-val)
+        $PY DeepLabV3Plus-Pytorch/eval.py --config "$V3P_CONFIG" --voc-root "$ROOT" --list "$VAL_IDS" \
+          --checkpoint "$OUT/deeplab_v3plus/checkpoint_final.pth" --out "$OUT/eval/deeplab_v3plus_$protocol" --crf \
+          --device "$DEVICE" "${extra[@]}"
+        seg_rows+=("DeepLab-V3+ (val, $protocol)=$OUT/eval/deeplab_v3plus_$protocol/scores.json"
+                   "DeepLab-V3+ + CRF (val, $protocol)=$OUT/eval/deeplab_v3plus_$protocol/scores_crf.json")
+      done
+      ;;
+  esac
+done
+if [ ${#seg_rows[@]} -gt 1 ]; then
+  $PY -m utils.report --kind pipeline --out "$OUT/segmentation.md" \
+    --title "Segmentation networks (val) and their training labels" "${seg_rows[@]}"
+fi

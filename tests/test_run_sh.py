@@ -1,0 +1,25 @@
+"""run.sh's command line: a bad option fails at once, before any stage runs."""
+
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_sh(*args):
+    return subprocess.run(["bash", "run.sh", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("seg", ["v4", "v2,deeplab"])
+def test_unknown_segmentation_network_is_refused_before_any_work(seg, tmp_path):
+    result = run_sh("--seg", seg, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--seg takes none, v2, v3p or v2,v3p" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_lists_the_options():
+    result = run_sh("--help")
+    assert result.returncode == 0
+    for option in ("--voc-root", "--seg none|v2|v3p|v2,v3p", "--gpus"):
+        assert option in result.stdout
