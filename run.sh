@@ -143,6 +143,7 @@ $PY -m utils.report --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3
   "${reports[@]}"
 
 seg_rows=("pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json")
+seg_pictures=()  # label folders at the image size, drawn side by side
 for net in ${SEG//,/ }; do
   case "$net" in
     v2)
@@ -152,6 +153,7 @@ for net in ${SEG//,/ }; do
         --checkpoint "$OUT/deeplab_v2/checkpoint_final.pth" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
       seg_rows+=("DeepLab-V2 (val)=$OUT/eval/deeplab_v2/scores.json"
                  "DeepLab-V2 + CRF (val)=$OUT/eval/deeplab_v2/scores_crf.json")
+      seg_pictures+=(--labels "DeepLab-V2=$OUT/eval/deeplab_v2" --labels "V2 + CRF=$OUT/eval/deeplab_v2/crf")
       ;;
     v3p)
       step "DeepLab-V3+ on the pseudo labels"
@@ -165,10 +167,13 @@ for net in ${SEG//,/ }; do
         seg_rows+=("DeepLab-V3+ (val, $protocol)=$OUT/eval/deeplab_v3plus_$protocol/scores.json"
                    "DeepLab-V3+ + CRF (val, $protocol)=$OUT/eval/deeplab_v3plus_$protocol/scores_crf.json")
       done
+      seg_pictures+=(--labels "DeepLab-V3+=$OUT/eval/deeplab_v3plus_full"
+                     --labels "V3+ + CRF=$OUT/eval/deeplab_v3plus_full/crf")
       ;;
   esac
 done
 if [ ${#seg_rows[@]} -gt 1 ]; then
   $PY -m utils.report --kind pipeline --out "$OUT/segmentation.md" \
     --title "Segmentation networks (val) and their training labels" "${seg_rows[@]}"
+  $PY -m utils.visualize --voc-root "$ROOT" --list "$VAL_IDS" --out "$OUT/segmentation.png" "${seg_pictures[@]}"
 fi
