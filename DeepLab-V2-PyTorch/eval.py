@@ -15,9 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils import checkpoints, config, voc  # noqa: E402
-from utils.distributed import resolve_device  # noqa: E402
-from utils.seg_eval import caffe_input, crf_params_from_config, eval_main, eval_parser, evaluate  # noqa: E402
+from utils import checkpoints, config  # noqa: E402
+from utils.seg_eval import caffe_input, crf_params_from_config, eval_inputs, eval_main, eval_parser, evaluate  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
 
@@ -49,13 +48,7 @@ def load_model(path, cfg):
 def run(args):
     cfg = config.load(args.config, args.set)
     mean_bgr, val_labels, crf_params = settings(cfg)
-    voc_root = voc.check_voc_root(args.voc_root)
-    gt_dir = Path(val_labels) if Path(val_labels).is_absolute() else voc_root / val_labels
-    ids = [image_id for image_id, _ in voc.read_list(args.list, voc_root=voc_root)]
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as error:
-        raise config.ConfigError(str(error)) from None
+    voc_root, gt_dir, ids, device = eval_inputs(args, val_labels)
     model = load_model(args.checkpoint, cfg)
     print(f"DeepLab-V2 evaluation: {len(ids)} images of {args.list} on {device}, GT {gt_dir}, "
           f"CRF {'on' if args.crf else 'off'} -> {args.out}", flush=True)

@@ -21,8 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config, voc  # noqa: E402
-from utils.distributed import resolve_device  # noqa: E402
-from utils.seg_eval import crf_params_from_config, crop_gt, eval_main, eval_parser, evaluate, imagenet_input  # noqa: E402
+from utils.seg_eval import (  # noqa: E402
+    crf_params_from_config,
+    crop_gt,
+    eval_inputs,
+    eval_main,
+    eval_parser,
+    evaluate,
+    imagenet_input,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc.yaml"
 PROTOCOL_FILE = "protocol.json"
@@ -48,13 +55,6 @@ def settings(cfg):
         raise config.ConfigError(f"config lacks or mistypes a key needed for evaluation: {error}") from None
 
 
-def read_ids(path):
-    ids = voc.read_ids(path)  # the first field of each line: plain and '<id> <c1> ...' lists alike
-    if not ids:
-        raise voc.DataError(f"list file {path} is empty")
-    return ids
-
-
 def check_protocol(out_dir, crop):
     """Record the protocol in OUT; refuse to mix: the kept logits of one would be scored under the other."""
     path = Path(out_dir) / PROTOCOL_FILE
@@ -74,15 +74,7 @@ def check_protocol(out_dir, crop):
 def run(args):
     cfg = config.load(args.config, args.set)
     val_labels, crop_size, crf_params, released_args = settings(cfg)
-    voc_root = voc.check_voc_root(args.voc_root)
-    gt_dir = Path(val_labels) if Path(val_labels).is_absolute() else voc_root / val_labels
-    if not gt_dir.is_dir():  # found now rather than after every logit is computed
-        raise voc.DataError(f"GT folder {gt_dir} does not exist (DATASET.VAL_LABELS)")
-    ids = read_ids(args.list)
-    try:
-        device = resolve_device(args.device)
-    except RuntimeError as error:
-        raise config.ConfigError(str(error)) from None
+    voc_root, gt_dir, ids, device = eval_inputs(args, val_labels)
     crop = crop_size if args.crop_val else None
     check_protocol(args.out, crop)
     model, _ = checkpoints.load_deeplab_v3plus(args.checkpoint, released_args=released_args)

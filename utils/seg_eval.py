@@ -26,16 +26,17 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from utils.config import ConfigError
 from utils.crf import CRFParams, crf_probabilities, run_parallel
+from utils.distributed import resolve_device
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
 from utils.metrics import ConfusionMatrix, markdown_table
 from utils.seg_data import load_bgr
-from utils.voc import DataError, image_path, load_image, load_label
+from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.voc import DataError, check_voc_root, image_path, load_image, load_label, read_ids
 
 LOGIT_DIR = "logit"
 CRF_DIR = "crf"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def caffe_input(path, mean_bgr):
@@ -251,12 +252,29 @@ def eval_parser(description, default_config, network):
     return parser
 
 
+def eval_inputs(args, val_labels):
+    """``(VOC root, GT folder, ids, device)`` of an evaluation command line, each checked before any work:
+    ``val_labels`` is the config's GT folder, under the VOC root or absolute; the list's first fields are the
+    ids (plain and ``<id> <c1> ...`` lists alike)."""
+    voc_root = check_voc_root(args.voc_root)
+    gt_dir = Path(val_labels) if Path(val_labels).is_absolute() else voc_root / val_labels
+    if not gt_dir.is_dir():  # found now rather than after every logit is computed
+        raise DataError(f"GT folder {gt_dir} does not exist (DATASET.VAL_LABELS)")
+    ids = read_ids(args.list)
+    if not ids:
+        raise DataError(f"list file {args.list} is empty")
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as error:
+        raise ConfigError(str(error)) from None
+    return voc_root, gt_dir, ids, device
+
+
 def eval_main(run, args):
     """Run an evaluation entry point: user errors end in one line; a summary line at the end."""
     import sys
 
     from utils.checkpoints import CheckpointError
-    from utils.config import ConfigError
 
     try:
         results = run(args)

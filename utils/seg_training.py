@@ -1,8 +1,11 @@
 """Training of the segmentation networks on pseudo labels: one iteration loop (resume, DDP, AMP, gradient
 accumulation, periodic checkpoints) driven by a :class:`Recipe`. DeepLab-V2's (reference §7.5): frozen BN,
-three lr groups, a poly lr that changes every ``LR_DECAY`` iterations, the DRS self-training loss term."""
+three lr groups, a poly lr that changes every ``LR_DECAY`` iterations, the DRS self-training loss term.
+DeepLab-V3+'s (§8.2): two lr groups, poly with a floor, cross-entropy, AMP on CUDA."""
 
+import argparse
 import contextlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils import checkpoints, voc
-from utils.config import dump
+from utils import config as config_module
 from utils.distributed import Runtime
 from utils.io import atomic_write, progress
 from utils.seg_data import SegmentationTrainSet, make_loader
@@ -220,8 +223,6 @@ def deeplab_v3plus_recipe(cfg, model):
 
 def entry_args(argv, description, default_config):
     """The command line of DeepLab-V2-PyTorch/train.py and DeepLabV3Plus-Pytorch/main.py."""
-    import argparse
-
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(default_config))
     parser.add_argument("--voc-root", default=None, help="overrides DATASET.ROOT (the VOC2012 folder)")
@@ -237,8 +238,6 @@ def entry_args(argv, description, default_config):
 
 def entry_config(args):
     """The config with the command line's overrides; a VOC root is required."""
-    from utils import config as config_module
-
     cfg = config_module.load(args.config, args.set)
     data = cfg["DATASET"]
     if args.voc_root:
@@ -266,7 +265,7 @@ def train_on_labels(cfg, args, *, name, out_dir, transform, batch, workers, buil
     model.to(runtime.device)
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(dump(cfg)))
+        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
         print(f"{name}: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} iterations "
               f"of {batch_text} on {runtime.world_size} process(es), {runtime.device}"
               f"{', synchronised BN' if synced else ''}", flush=True)
@@ -278,10 +277,6 @@ def train_on_labels(cfg, args, *, name, out_dir, transform, batch, workers, buil
 
 def entry_main(run, argv, description, default_config):
     """Parse, run ``run(cfg, args)``; user errors end in one line, not a traceback."""
-    import sys
-
-    from utils import config as config_module
-
     args = entry_args(argv, description, default_config)
     try:
         return run(entry_config(args), args)
