@@ -1,5 +1,6 @@
 """Device choice and torchrun / DDP set-up shared by every training and inference script."""
 
+import gc
 import os
 
 import torch
@@ -46,5 +47,11 @@ class Runtime:
         return tensor
 
     def close(self):
+        """Leave the process group once every rank is done. Call it after the DDP model is gone: collectives
+        issued during backward keep a Python object, and torch (2.14) aborts the process at exit when a gloo
+        thread drops the last of them while the interpreter shuts down. Freeing them here, on this thread,
+        with a barrier so no rank leaves early, avoids that race (docs/deviations.md)."""
         if self.distributed and dist.is_initialized():
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
