@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from utils import checkpoints, voc
 from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam, multiscale_maps
-from utils.distributed import resolve_device
+from utils.distributed import inference_device
 from utils.evaluation import MapEvaluator, average_precision
 from utils.io import atomic_write, progress, save_json
 from utils.metrics import markdown_table
@@ -65,7 +65,7 @@ def evaluate(args):
     evaluator = MapEvaluator(alpha=args.alpha)
     model, device, logits, targets = None, None, [], []
     if args.checkpoint:
-        device = resolve_device(args.device)
+        device = inference_device(args.device)
         if args.stage == "cls":
             model, _ = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
         else:

@@ -15,7 +15,7 @@ import torch
 
 from utils import checkpoints, voc
 from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, write_localization_maps
-from utils.distributed import resolve_device
+from utils.distributed import inference_device
 from utils.transforms import eval_transform
 
 
@@ -39,7 +39,7 @@ def main(argv=None):
     out_dir = Path(args.out) if args.out else Path(args.voc_root) / "localization_maps"
     try:
         entries = voc.read_list(args.list, voc_root=args.voc_root)
-        device = resolve_device(args.device)
+        device = inference_device(args.device)
         model, model_args = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
         todo = [e for e in entries if not (out_dir / f"{e[0]}.npy").exists()]
         print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "

@@ -19,7 +19,7 @@ import torch
 from utils import checkpoints, voc
 from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_maps
 from utils.crf import CRFParams, crf_from_labels, run_parallel
-from utils.distributed import resolve_device
+from utils.distributed import inference_device
 from utils.io import progress, save_label_png
 from utils.pseudo_labels import pseudo_label, threshold_label
 from utils.transforms import eval_transform
@@ -99,7 +99,7 @@ def main(argv=None):
         raw_dir = out_dir / ".raw"
         pending = [e for e in todo if not (raw_dir / f"{e[0]}.png").exists()]
         if pending:
-            label_images(args, pending, out_dir, resolve_device(args.device))
+            label_images(args, pending, out_dir, inference_device(args.device))
         if args.crf and todo:
             jobs = [(args.voc_root, raw_dir / f"{i}.png", out_dir / f"{i}.png") for i, _ in todo]
             run_parallel(_crf_one, jobs, args.jobs)

@@ -5,6 +5,7 @@
 #
 #   bash bench/gpu_checks.sh [LOGS]          # LOGS defaults to outputs/gpu_checks
 #   BUDGET=550 bash bench/gpu_checks.sh      # seconds for everything; the demo gets what is left (default 1800)
+# Needs requirements.txt installed (pydensecrf2: without it the CRF tests skip and the demo stops at its first CRF).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -1,8 +1,8 @@
 """The CUDA paths: skipped without a GPU (CI has none); `bash bench/gpu_checks.sh` runs them with the benchmarks.
 
-Model outputs on the GPU are compared with the CPU's in strict float32 (TF32 off). The command-line tools run
-with PyTorch's default precision settings, as users run them, and are held to the parity fixtures with the
-tolerances measured on an H200 (docs/testing.md)."""
+Model outputs on the GPU are compared with the CPU's in strict float32 (TF32 off). The map and evaluation tools
+turn TF32 off themselves (utils.distributed.inference_device) and are held to the parity fixtures with the CPU's
+tolerances; training runs with PyTorch's defaults (docs/testing.md has what an H200 measured)."""
 
 import json
 import math
@@ -54,10 +54,12 @@ def test_localization_maps_on_cuda_match_the_original(parity_weights, parity_voc
     run_cli("make_localization_maps.py", "--voc-root", parity_voc, "--list", parity_voc / "lists" / "train_aug_cls.txt",
             "--checkpoint", parity_weights("drs_cls_learnable"), "--out", out, "--num-workers", "0", "--device", "cuda")
     expected = np.load(PARITY / "expected" / "B_localization_maps_s0.npz")
+    worst = []
     for image_id in expected.files:
         diff = np.abs(np.load(out / f"{image_id}.npy").astype(int) - expected[image_id].astype(int))
         print(f"{image_id}: max {diff.max()}, differing {(diff > 0).mean():.5f}")
-        assert diff.max() <= 2 and (diff > 0).mean() <= 0.01
+        worst.append((diff.max(), (diff > 0).mean()))
+    assert max(m for m, _ in worst) <= 1 and max(f for _, f in worst) <= 0.005  # as on the CPU
 
 
 def run_deeplab_eval(script, voc_root, checkpoint, out, *flags):

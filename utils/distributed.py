@@ -17,6 +17,19 @@ def resolve_device(name=None):
     return device
 
 
+def inference_device(name=None):
+    """The device for the map-making and evaluation tools: :func:`resolve_device`, with TF32 turned off on CUDA.
+
+    Their outputs are held to the original's float32 outputs (parity fixtures; the original ran on pre-TF32
+    GPUs), and on an H200 PyTorch's default TF32 convolutions moved 1.4 % of a localization map's pixels by up
+    to 2 grey levels. Inference costs little next to training, which keeps PyTorch's default (TF32 on)."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
 class Runtime:
     """Process-group facts: rank, world size, device. Works unchanged under ``torchrun`` and without it."""
 

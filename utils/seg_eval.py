@@ -28,7 +28,7 @@ from torchvision.transforms import InterpolationMode
 
 from utils.config import ConfigError
 from utils.crf import CRFParams, crf_probabilities, run_parallel
-from utils.distributed import resolve_device
+from utils.distributed import inference_device
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
 from utils.metrics import ConfusionMatrix, markdown_table
 from utils.seg_data import load_bgr
@@ -264,7 +264,7 @@ def eval_inputs(args, val_labels):
     if not ids:
         raise DataError(f"list file {args.list} is empty")
     try:
-        device = resolve_device(args.device)
+        device = inference_device(args.device)
     except RuntimeError as error:
         raise ConfigError(str(error)) from None
     return voc_root, gt_dir, ids, device
