@@ -226,11 +226,11 @@ def make_eval_loader(dataset, cfg):
 
 
 def run_fit(banner, runtime, **fit_kwargs):
-    """Keep the config, say what runs, train with :func:`fit`, and always leave the process group."""
+    """Keep the config, say what runs, train with :func:`fit`, then leave the process group. Not on an error:
+    leaving waits for every rank, and torchrun ends the others when one fails."""
     save_run_config(fit_kwargs["cfg"], runtime)
     if runtime.is_main:
         print(banner, flush=True)
-    try:
-        return fit(runtime=runtime, **fit_kwargs)
-    finally:
-        runtime.close()
+    out_dir = fit(runtime=runtime, **fit_kwargs)
+    runtime.close()
+    return out_dir
