@@ -63,7 +63,7 @@ class Runtime:
         """Leave the process group once every rank is done. Call it after the DDP model is gone: collectives
         issued during backward keep a Python object, and torch (2.14) aborts the process at exit when a gloo
         thread drops the last of them while the interpreter shuts down. Freeing them here, on this thread,
-        with a barrier so no rank leaves early, avoids that race (docs/deviations.md)."""
+        with a barrier so no rank leaves early, avoids that race (pytorch/pytorch#182083)."""
         if self.distributed and dist.is_initialized():
             gc.collect()
             dist.barrier()
