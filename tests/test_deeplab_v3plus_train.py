@@ -84,6 +84,7 @@ def test_cpu_training_of_the_demo_config_skips_amp_and_writes_the_final_checkpoi
     model = DeepLabV3Plus(**final["model_args"])
     model.load_state_dict(final["model"])  # strict
     assert final["model_args"]["width"] == 16 and model.backbone.conv1.out_channels == 16
+    assert (out / "config.yaml").is_file()
 
 
 def test_two_process_torchrun_with_synchronised_bn(parity_voc, tmp_path):

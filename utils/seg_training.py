@@ -17,10 +17,10 @@ from torch import nn
 from utils import checkpoints, voc
 from utils import config as config_module
 from utils.distributed import Runtime
-from utils.io import atomic_write, progress
+from utils.io import progress
 from utils.seg_data import SegmentationTrainSet, make_loader
 from utils.sync_bn import convert_sync_batchnorm
-from utils.training import RunLog, resume_path, seed_everything
+from utils.training import RunLog, resume_path, save_run_config, seed_everything
 
 KIND = "deeplab_v2"
 
@@ -263,9 +263,8 @@ def train_on_labels(cfg, args, *, name, out_dir, transform, batch, workers, buil
     if synced:
         model = convert_sync_batchnorm(model)
     model.to(runtime.device)
+    save_run_config(cfg, out_dir, runtime)
     if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
         print(f"{name}: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} iterations "
               f"of {batch_text} on {runtime.world_size} process(es), {runtime.device}"
               f"{', synchronised BN' if synced else ''}", flush=True)

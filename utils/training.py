@@ -163,11 +163,12 @@ def make_train_loader(dataset, cfg, runtime):
                       collate_fn=collate, pin_memory=runtime.device.type == "cuda", persistent_workers=workers > 0)
 
 
-def save_run_config(cfg, runtime):
+def save_run_config(cfg, out_dir, runtime):
+    """Main process: create ``out_dir`` and keep the run's config in it (config.yaml)."""
     from utils import config as config_module
     from utils.io import atomic_write
 
-    out_dir = Path(cfg["output"]["dir"])
+    out_dir = Path(out_dir)
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(cfg)))
@@ -228,7 +229,7 @@ def make_eval_loader(dataset, cfg):
 def run_fit(banner, runtime, **fit_kwargs):
     """Keep the config, say what runs, train with :func:`fit`, then leave the process group. Not on an error:
     leaving waits for every rank, and torchrun ends the others when one fails."""
-    save_run_config(fit_kwargs["cfg"], runtime)
+    save_run_config(fit_kwargs["cfg"], fit_kwargs["cfg"]["output"]["dir"], runtime)
     if runtime.is_main:
         print(banner, flush=True)
     out_dir = fit(runtime=runtime, **fit_kwargs)
