@@ -10,11 +10,13 @@
 #          --seg none|v2|v3p|v2,v3p (segmentation networks trained on the pseudo labels, evaluated on val;
 #                demo default v2,v3p),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
+#          Demo only: --variants LIST (stage-1 activations compared; default relu,0.9,learnable),
+#                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
-VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG=""
+VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,0.9,learnable SEEDS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -24,7 +26,9 @@ while [ $# -gt 0 ]; do
     --device) DEVICE=$2; shift 2 ;;
     --gpus) GPUS=$2; shift 2 ;;
     --seg) SEG=$2; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --variants) VARIANTS=$2; shift 2 ;;
+    --seeds) SEEDS=$2; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -34,6 +38,12 @@ for net in ${SEG//,/ }; do
     *) echo "run.sh: --seg takes none, v2, v3p or v2,v3p; got $SEG" >&2; exit 2 ;;
   esac
 done
+if ! [[ $VARIANTS =~ ^(relu|learnable|0?\.[0-9]+|1(\.0*)?)(,(relu|learnable|0?\.[0-9]+|1(\.0*)?))*$ ]]; then
+  echo "run.sh: --variants takes a comma list of relu, learnable and fixed deltas in (0, 1]; got $VARIANTS" >&2; exit 2
+fi
+if ! [[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+  echo "run.sh: --seeds takes a comma list of non-negative integers; got $SEEDS" >&2; exit 2
+fi
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -56,43 +66,63 @@ variant_title() {
   esac
 }
 
-# The demo's stage 1: one pre-trained plain network (the ImageNet stand-in), then every variant fine-tuned
-# from it with the same data and budget, evaluated side by side on the val images.
+# The demo's stage 1: one pre-trained plain network per training seed (the ImageNet stand-in), then every
+# variant fine-tuned from it with the same data and budget, evaluated side by side on the val images. Seed 0
+# writes into $OUT itself; other seeds into $OUT/seed<N>. The comparison gives mean ± std over the seeds.
 demo_stage1() {
-  step "pre-training stand-in: plain ReLU on a disjoint synthetic set (seed 1)"
+  step "class evidence per region: a probe CNN on single-object images"
+  $PY -m utils.demo_evidence --out "$OUT/eval/evidence"
+  step "pre-training stand-in data: a disjoint synthetic set (seed 1)"
   $PY -m utils.demo_data --out "$OUT/pretrain/VOC2012" --seed 1
-  train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$OUT/cls_pretrain"
-  local runs=() pictures=()
-  for variant in relu 0.9 0.7 learnable; do
-    step "stage 1: classifier with ${variant} activations, fine-tuned from the stand-in"
-    train train_cls.py configs/cls_demo.yaml "$ROOT" "$OUT/cls_$variant" \
-      --set model.drs="$variant" --set model.init_from="$OUT/cls_pretrain/last.pth"
-    $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --checkpoint "$OUT/cls_$variant/last.pth" \
-      --out "$OUT/eval/cls_$variant" --name "$variant" --device "$DEVICE" "${SIZE_ARGS[@]}"
-    runs+=("$(variant_title "$variant")=$OUT/eval/cls_$variant/scores.json")
-    pictures+=(--checkpoint "$variant=$OUT/cls_$variant/last.pth")
+  local seed variant run rows=() pictures=()
+  declare -A scores=()
+  for seed in ${SEEDS//,/ }; do
+    run=$OUT
+    [ "$seed" = 0 ] || run=$OUT/seed$seed
+    step "pre-training stand-in: plain ReLU (training seed $seed)"
+    train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$run/cls_pretrain" --set train.seed="$seed"
+    for variant in ${VARIANTS//,/ }; do
+      step "stage 1: classifier with ${variant} activations, fine-tuned from the stand-in (training seed $seed)"
+      train train_cls.py configs/cls_demo.yaml "$ROOT" "$run/cls_$variant" --set model.drs="$variant" \
+        --set model.init_from="$run/cls_pretrain/last.pth" --set train.seed="$seed"
+      $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --checkpoint "$run/cls_$variant/last.pth" \
+        --out "$run/eval/cls_$variant" --name "$variant" --device "$DEVICE" "${SIZE_ARGS[@]}"
+      scores[$variant]+="${scores[$variant]:+,}$run/eval/cls_$variant/scores.json"
+      [ "$seed" = "${SEEDS%%,*}" ] && pictures+=(--checkpoint "$variant=$run/cls_$variant/last.pth")
+    done
+  done
+  for variant in ${VARIANTS//,/ }; do
+    rows+=("$(variant_title "$variant")=${scores[$variant]}")
   done
   step "stage 1 comparison (demo val images)"
-  $PY -m utils.report --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" "${runs[@]}"
+  $PY -m utils.report --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" \
+    --note "$OUT/eval/evidence/evidence.md" "${rows[@]}"
   $PY -m utils.visualize --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --out "$OUT/stage1_maps.png" \
     "${SIZE_ARGS[@]}" "${pictures[@]}"
-  CLS_CKPT=$OUT/cls_0.9/last.pth  # the DRS variant that trains at this size feeds the next stages (docs/demo.md)
+  # The paper's method feeds the next stages when it was run, else the last variant (docs/demo.md).
+  variant=${VARIANTS##*,}
+  [[ ,$VARIANTS, == *,learnable,* ]] && variant=learnable
+  run=$OUT
+  [ "${SEEDS%%,*}" = 0 ] || run=$OUT/seed${SEEDS%%,*}
+  CLS_CKPT=$run/cls_$variant/last.pth
+  STANDIN=$run/cls_pretrain/last.pth
 }
 
 if [ -z "$VOC_ROOT" ]; then
   OUT=${OUT:-outputs/demo}
   echo "No --voc-root given: running on the synthetic demo dataset in $OUT (see docs/demo.md)."
   ROOT=$OUT/VOC2012
-  SIZE_ARGS=(--size 112 --scales 96 112 128)
+  SIZE_ARGS=(--size 160 --scales 128 160 192)  # the VOC test size 320 and scales {256, 320, 384}, halved
   CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
   V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2,v3p}
-  V3P_PROTOCOLS=(full)  # the demo images are 112 px squares: crop-val at 112 would be the same images
+  V3P_PROTOCOLS=(full)  # the demo images are 160 px squares: crop-val at 160 would be the same images
   VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
   REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
-  [ -f "$OUT/cls_pretrain/last.pth" ] && REFINE_SETS=(--set model.init_from="$OUT/cls_pretrain/last.pth")
+  STANDIN=${STANDIN:-$OUT/cls_pretrain/last.pth}
+  [ -f "$STANDIN" ] && REFINE_SETS=(--set model.init_from="$STANDIN")
 else
   OUT=${OUT:-outputs/voc}
   ROOT=$VOC_ROOT

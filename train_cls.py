@@ -13,6 +13,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from models.classifier import DRSClassifier
+from models.vgg import fold_batch_norm
 from utils import checkpoints, voc
 from utils.distributed import Runtime
 from utils.evaluation import validate_classifier
@@ -31,16 +32,21 @@ def model_args(cfg):
     m = cfg["model"]
     drs = None if m["drs"] in ("relu", None) else m["drs"]
     return {"num_classes": voc.NUM_CLASSES, "drs": drs, "width": float(m["width"]),
-            "pretrained": bool(m["pretrained"]), "pretrained_path": m.get("pretrained_path")}
+            "pretrained": bool(m["pretrained"]), "pretrained_path": m.get("pretrained_path"),
+            "batch_norm": bool(m.get("batch_norm", False))}
 
 
-def warm_start(model, path):
-    """Non-strict load of one of our classifier checkpoints: convs and head; DRS gates absent there keep
-    their init."""
+def warm_start(model, path, with_head=True):
+    """Non-strict load of one of our classifier checkpoints: the backbone convs, and the head unless
+    ``with_head`` is off (then it keeps its init, as on top of ImageNet weights). DRS gates absent there keep
+    their init. A batch-norm backbone (the demo's stand-in) is folded into a plain one."""
     state = checkpoints.load_file(path)
     if not checkpoints.is_ours(state) or state["kind"] != "classifier":
         raise checkpoints.CheckpointError(f"model.init_from {path} must be a classifier checkpoint of this project")
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    weights = state["model"] if model.backbone.batch_norm else fold_batch_norm(state["model"])
+    weights = {k: v for k, v in weights.items() if with_head or k.startswith("backbone.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if with_head or k.startswith("backbone.")]
     if unexpected or any(not k.endswith("fc.0.weight") for k in missing):
         raise checkpoints.CheckpointError(f"{path} does not fit this classifier (missing {missing[:3]})")
 
@@ -57,7 +63,7 @@ def train(cfg, args):
     margs = model_args(cfg)
     model = DRSClassifier(**margs)
     if cfg["model"].get("init_from"):
-        warm_start(model, cfg["model"]["init_from"])
+        warm_start(model, cfg["model"]["init_from"], with_head=cfg["model"].get("init_head", True))
     model.to(runtime.device)
     optimizer = build_optimizer(model.parameter_groups(tcfg["lr"], tcfg["lr_multipliers"]), tcfg)
 

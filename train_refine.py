@@ -12,6 +12,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from models.refine import RefineNet
+from models.vgg import fold_batch_norm
 from utils import checkpoints, voc
 from utils.distributed import Runtime
 from utils.evaluation import validate_refiner
@@ -32,7 +33,8 @@ def backbone_warm_start(model, path):
     state = checkpoints.load_file(path)
     if not checkpoints.is_ours(state):
         raise checkpoints.CheckpointError(f"model.init_from {path} must be a checkpoint of this project")
-    convs = {k: v for k, v in state["model"].items() if k.startswith("backbone.") and ".fc." not in k}
+    weights = fold_batch_norm(state["model"])  # the demo's stand-in may have been pre-trained with BN
+    convs = {k: v for k, v in weights.items() if k.startswith("backbone.") and ".fc." not in k}
     try:
         model.load_state_dict(convs, strict=False)
     except RuntimeError as error:

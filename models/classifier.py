@@ -21,11 +21,13 @@ class DRSClassifier(nn.Module):
         width: channel multiplier (1.0 = the paper's network; the demo uses narrow ones).
         pretrained: load torchvision's ImageNet VGG-16 into the backbone (width 1.0 only).
         pretrained_path: a local copy of the ImageNet file instead of the torch hub cache.
+        batch_norm: BN after every backbone conv (the demo's pre-training stand-in only; see ``VGG16D1``).
     """
 
-    def __init__(self, num_classes=20, drs="learnable", width=1.0, pretrained=False, pretrained_path=None):
+    def __init__(self, num_classes=20, drs="learnable", width=1.0, pretrained=False, pretrained_path=None,
+                 batch_norm=False):
         super().__init__()
-        self.backbone = VGG16D1(width=width, drs=drs)
+        self.backbone = VGG16D1(width=width, drs=drs, batch_norm=batch_norm)
         head = scaled(512, width)
         channels = self.backbone.out_channels
         for k in (1, 2, 3):
@@ -61,10 +63,16 @@ class DRSClassifier(nn.Module):
 
     def parameter_groups(self, lr, multipliers=(1, 2, 10, 20)):
         """The original's four SGD groups (reference §2.7): backbone weights x1, backbone biases x2,
-        head weights and every DRS gate x10, head biases x20."""
-        groups = [[], [], [], []]
+        head weights and every DRS gate x10, head biases x20. A fifth multiplier (not in the original) moves the
+        DRS gates into a group of their own."""
+        groups = [[], [], [], [], []]
         for name, param in self.named_parameters():
+            if ".fc." in name and len(multipliers) > 4:
+                groups[4].append(param)
+                continue
             in_head = name.startswith("extra_") or ".fc." in name
             is_weight = name.endswith("weight")
             groups[2 * in_head + (not is_weight)].append(param)
+        if not groups[4]:
+            groups.pop()
         return [{"params": params, "lr": lr * mult} for params, mult in zip(groups, multipliers)]

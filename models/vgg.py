@@ -25,9 +25,14 @@ def scaled(channels, width):
 
 
 class VGG16D1(nn.Module):
-    """The D1 feature extractor: ``features`` (13 convs, 4 pools); ``out_channels`` = 512 x width."""
+    """The D1 feature extractor: ``features`` (13 convs, 4 pools); ``out_channels`` = 512 x width.
 
-    def __init__(self, width=1.0, drs=None):
+    ``batch_norm`` (not in the paper) puts a BatchNorm after every conv, as ``features.N.0`` (conv) and
+    ``features.N.1`` (BN). Only the demo's ImageNet stand-in uses it, to pre-train a narrow network from scratch
+    quickly; :func:`fold_batch_norm` turns such weights into the plain network's.
+    """
+
+    def __init__(self, width=1.0, drs=None, batch_norm=False):
         super().__init__()
         layers = []
         in_channels = 3
@@ -40,12 +45,14 @@ class VGG16D1(nn.Module):
             else:
                 out_channels = scaled(item, width)
                 dilation = 2 if conv_count >= 10 else 1  # conv5_1..3
-                layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation))
+                conv = nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation)
+                layers.append(nn.Sequential(conv, nn.BatchNorm2d(out_channels)) if batch_norm else conv)
                 layers.append(make_activation(out_channels, drs))
                 in_channels = out_channels
                 conv_count += 1
         self.features = nn.Sequential(*layers)
         self.out_channels = in_channels
+        self.batch_norm = batch_norm
         # torchvision's VGG init. The original keeps PyTorch's default init here, which only ImageNet weights
         # overwrite; trained from scratch (the demo) that default shrinks activations layer by layer.
         for conv in self.convs():
@@ -56,7 +63,8 @@ class VGG16D1(nn.Module):
         return self.features(x)
 
     def convs(self):
-        return [self.features[i] for i in CONV_INDICES]
+        return [self.features[i][0] if isinstance(self.features[i], nn.Sequential) else self.features[i]
+                for i in CONV_INDICES]
 
     def load_imagenet(self, path=None, progress=True):
         """Copy torchvision's ImageNet VGG-16 conv weights into ``features`` (the classifier part is ignored).
@@ -92,3 +100,20 @@ class VGG16D1(nn.Module):
         if missing:
             raise RuntimeError(f"ImageNet state dict lacks {missing[:3]}...")
         self.load_state_dict(wanted, strict=False)
+
+
+def fold_batch_norm(state, prefix="backbone.features."):
+    """A state dict of a ``batch_norm`` backbone rewritten for the plain one: each BN (in eval mode) is folded
+    into the conv before it, ``w' = w * s`` and ``b' = (b - mean) * s + beta`` with ``s = gamma / sqrt(var + eps)``,
+    so the plain network computes what the BN network computed at evaluation. Other keys pass unchanged."""
+    import torch
+
+    out = {k: v for k, v in state.items() if not (k.startswith(prefix) and k[len(prefix):].count(".") == 2)}
+    for index in CONV_INDICES:
+        conv, bn = f"{prefix}{index}.0.", f"{prefix}{index}.1."
+        if conv + "weight" not in state:
+            continue
+        scale = state[bn + "weight"] / torch.sqrt(state[bn + "running_var"] + 1e-5)
+        out[f"{prefix}{index}.weight"] = state[conv + "weight"] * scale[:, None, None, None]
+        out[f"{prefix}{index}.bias"] = (state[conv + "bias"] - state[bn + "running_mean"]) * scale + state[bn + "bias"]
+    return out

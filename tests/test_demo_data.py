@@ -1,5 +1,6 @@
 """The synthetic demo dataset: layout, determinism, value ranges and label/part/class consistency."""
 
+import colorsys
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from utils.voc import (
     read_list,
 )
 
-TINY = {"num_train_aug": 8, "num_train": 3, "num_val": 4, "size": 112}
+TINY = {"num_train_aug": 8, "num_train": 3, "num_val": 4, "size": 160}
 ALL_IDS = [f"demo_{index:05d}" for index in range(1, 13)]
 
 
@@ -64,7 +65,7 @@ def test_layout_and_splits(tiny):
     assert "synthetic" in (root / "README.txt").read_text().lower()
     assert json.loads((root / "demo_meta.json").read_text()) == meta
     assert meta["counts"] == {"train_aug": 8, "train": 3, "val": 4}
-    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 112
+    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 160 and meta["params"]["version"] == 2
     assert meta["class_names"] == ["aeroplane", "bird", "car", "cat", "dog", "person"]
 
 
@@ -73,10 +74,10 @@ def test_file_formats_and_value_ranges(tiny):
     allowed_labels = {0, IGNORE_LABEL} | {c + 1 for c in DEMO_CLASSES}
     for image_id in ALL_IDS:
         image, label, saliency, parts = _images(root, image_id)
-        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (112, 112)
+        assert image.format == "JPEG" and image.mode == "RGB" and image.size == (160, 160)
         assert label.mode == "P" and label.getpalette()[:63] == voc_palette()[:63]
         assert saliency.mode == "L" and parts.mode == "L"
-        assert label.size == saliency.size == parts.size == (112, 112)
+        assert label.size == saliency.size == parts.size == (160, 160)
         assert set(np.unique(np.array(label)).tolist()) <= allowed_labels
         assert set(np.unique(np.array(parts)).tolist()) <= {0, BODY, PART}
         assert np.array(image).std() > 10  # textured, not flat
@@ -115,14 +116,68 @@ def test_ignore_band_is_a_thin_object_outline(tiny):
         assert touches_other[band].all()
 
 
-def test_objects_are_large_and_parts_small(tiny):
+def test_objects_are_long_and_parts_small_at_one_end(tiny):
     root, _ = tiny
     for image_id in ALL_IDS:
         parts = _array(root / PART_DIR / f"{image_id}.png")
-        rows, cols = np.nonzero(parts)
-        assert min(np.ptp(rows), np.ptp(cols)) + 1 >= 40  # at least 5 cells of a stride-8 feature map
         part_fraction = (parts == PART).sum() / (parts > 0).sum()
-        assert 0.05 < part_fraction < 0.2
+        assert 0.04 < part_fraction < 0.2
+        # The part sits at one end: some body pixel lies 6 cells of a stride-8 map away from every part.
+        rows, cols = np.nonzero(parts == PART)
+        body_rows, body_cols = np.nonzero(parts == BODY)
+        distance = np.hypot(body_rows[:, None] - rows[None], body_cols[:, None] - cols[None]).min(axis=1)
+        assert distance.max() >= 48
+
+
+def _saturation(pixels):
+    pixels = pixels.astype(float)
+    high, low = pixels.max(axis=-1), pixels.min(axis=-1)
+    return (high - low) / np.maximum(high, 1)
+
+
+def test_bodies_carry_class_colour_and_backgrounds_none(tiny):
+    root, _ = tiny
+    for image_id in ALL_IDS:
+        image = _array(root / IMAGE_DIR / f"{image_id}.jpg")
+        label = load_label(root / GT_DIR / f"{image_id}.png")
+        parts = _array(root / PART_DIR / f"{image_id}.png")
+        background = _saturation(image[parts == 0])
+        assert np.quantile(background, 0.99) < 0.3  # greyish everywhere (JPEG adds a little colour)
+        for class_id in labels_from_mask(label):
+            body = (label == class_id + 1) & (parts == BODY)
+            if body.sum() < 200:  # mostly hidden by a later object
+                continue
+            assert np.median(_saturation(image[body])) > 0.35
+            red, green, blue = np.median(image[body].astype(float), axis=0) / 255.0
+            hue = colorsys.rgb_to_hsv(red, green, blue)[0]
+            low, high = demo_data.body_hue_window(class_id)
+            assert any(low - 0.06 <= h <= high + 0.06 for h in (hue, hue - 1, hue + 1))
+
+
+def test_leaving_a_region_out_changes_only_its_pixels():
+    size = 160
+    full = demo_data.render_sample(0, 5, DEMO_CLASSES[2], size)
+    no_part = demo_data.render_sample(0, 5, DEMO_CLASSES[2], size, draw=("body",))
+    no_body = demo_data.render_sample(0, 5, DEMO_CLASSES[2], size, draw=("part",))
+    for sample in (no_part, no_body):
+        for key in ("label", "parts", "saliency"):
+            assert np.array_equal(sample[key], full[key])
+        assert sample["classes"] == full["classes"]
+    part, body = full["parts"] == PART, full["parts"] == BODY
+    assert np.array_equal(no_part["image"][~part], full["image"][~part])
+    assert not np.array_equal(no_part["image"][part], full["image"][part])
+    assert np.array_equal(no_body["image"][part], full["image"][part])
+    assert np.array_equal(no_body["image"][parts_free := (full["parts"] == 0)], full["image"][parts_free])
+    assert np.median(_saturation(no_body["image"][body])) < np.median(_saturation(full["image"][body]))
+    single = demo_data.render_sample(0, 5, DEMO_CLASSES[2], size, count=1)
+    assert single["classes"] == [DEMO_CLASSES[2]]
+
+
+def test_version_1_is_kept(tmp_path):
+    meta = generate(tmp_path, seed=0, num_train_aug=2, num_train=1, num_val=1, version=1)
+    assert meta["params"]["version"] == 1 and meta["size"] == 112 and meta["body_hue_windows"] is None
+    with pytest.raises(ValueError, match="version 2"):
+        demo_data.render_sample(0, 1, DEMO_CLASSES[0], 112, version=1, draw=("part",))
 
 
 def test_saliency_follows_objects(tiny):
@@ -146,7 +201,7 @@ def test_same_seed_gives_identical_files(tiny, tmp_path):
 
 def test_images_do_not_depend_on_dataset_size(tiny, tmp_path):
     root, _ = tiny
-    generate(tmp_path, seed=0, num_train_aug=5, num_train=2, num_val=2, size=112)
+    generate(tmp_path, seed=0, num_train_aug=5, num_train=2, num_val=2, size=160)
     for folder, suffix in demo_data.PER_IMAGE_FILES:
         for image_id in ALL_IDS[:5]:
             name = f"{image_id}{suffix}"
@@ -181,6 +236,8 @@ def test_refuses_foreign_folders_and_bad_parameters(tmp_path):
         generate(tmp_path / "new", num_train_aug=2, num_train=3, num_val=1)
     with pytest.raises(ValueError, match="size"):
         generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, size=64)
+    with pytest.raises(ValueError, match="version"):
+        generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, version=3)
 
 
 def test_class_plan_is_balanced():

@@ -7,6 +7,7 @@ import torch
 
 from models.classifier import DRSClassifier
 from models.drs import FixedDRS, LearnableDRS
+from models.vgg import fold_batch_norm
 from tests.conftest import PARITY
 from utils import checkpoints
 
@@ -112,3 +113,22 @@ def test_imagenet_file_loads_into_the_backbone_by_name(tmp_path):
     for index in (0, 10, 28):
         torch.testing.assert_close(model.backbone.features[index].weight, reference.features[index].weight)
     assert model.backbone.features[24].dilation == (2, 2) and model.backbone.features[23].stride == 1
+
+
+def test_batch_norm_backbone_folds_into_the_plain_one():
+    torch.manual_seed(0)
+    bn_model = DRSClassifier(drs=None, width=0.125, batch_norm=True)
+    bn_model.train()
+    for _ in range(3):  # running statistics that are not the initial 0 / 1
+        bn_model(torch.randn(4, 3, 48, 48) * 2 + 0.5)
+    for module in bn_model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.normal_(module.bias)
+    bn_model.eval()
+    plain = DRSClassifier(drs=None, width=0.125)
+    plain.load_state_dict(fold_batch_norm(bn_model.state_dict()), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(plain.class_maps(x), bn_model.class_maps(x), rtol=1e-4, atol=1e-4)
+    convs = bn_model.backbone.convs()
+    assert len(convs) == 13 and all(isinstance(c, torch.nn.Conv2d) for c in convs)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models.classifier import DRSClassifier
+from models.vgg import fold_batch_norm
 from tests.conftest import PARITY, REPO, run_cli
 from utils import checkpoints, config
 from utils.training import build_optimizer, epoch_lr_factor, set_lr
@@ -29,6 +30,16 @@ def test_classifier_lr_schedule_matches_original():
         set_lr(optimizer, epoch_lr_factor(int(epoch), cfg))
         for ours, theirs in zip([g["lr"] for g in optimizer.param_groups], lrs, strict=True):
             assert math.isclose(ours, theirs, rel_tol=1e-12)
+
+
+def test_a_fifth_multiplier_gives_the_gates_their_own_group():
+    model = DRSClassifier(drs="learnable", width=0.125)
+    groups = model.parameter_groups(1e-3, (1, 2, 10, 20, 100))
+    gates = [p for n, p in model.named_parameters() if ".fc." in n]
+    assert len(groups) == 5 and groups[4]["lr"] == 0.1 and {id(p) for p in groups[4]["params"]} == set(map(id, gates))
+    assert not {id(p) for g in groups[:4] for p in g["params"]} & set(map(id, gates))
+    plain = DRSClassifier(drs=None, width=0.125).parameter_groups(1e-3, (1, 2, 10, 20, 100))
+    assert len(plain) == 4  # no gates, no fifth group
 
 
 def test_cosine_schedule_starts_at_base_and_decays():
@@ -64,15 +75,31 @@ def test_short_run_writes_resumable_checkpoints_and_log(parity_voc, tmp_path):
 
 
 def test_warm_start_keeps_weights_and_initialises_gates(parity_voc, tmp_path):
+    plain = tmp_path / "plain"  # cls_demo.yaml: a batch-norm backbone, like the demo's stand-in
+    run_cli(*train_args(parity_voc, plain, "--set", "train.epochs=1", "--set", "model.drs=relu"))
+    source = torch.load(plain / "last.pth", weights_only=True)["model"]
+    for batch_norm, key in ((True, "backbone.features.0.0.weight"), (False, "backbone.features.0.weight")):
+        drs = tmp_path / f"drs_bn_{batch_norm}"
+        run_cli(*train_args(parity_voc, drs, "--set", "train.epochs=1", "--set", "train.lr=0.0",
+                            "--set", f"model.batch_norm={str(batch_norm).lower()}",
+                            "--set", f"model.init_from={plain / 'last.pth'}"))
+        warm = torch.load(drs / "last.pth", weights_only=True)["model"]
+        expected = source if batch_norm else fold_batch_norm(source)  # a plain backbone gets BN folded in
+        torch.testing.assert_close(warm[key], expected[key])
+        torch.testing.assert_close(warm["extra_conv4.weight"], source["extra_conv4.weight"])
+        assert "backbone.features.1.fc.0.weight" in warm and "backbone.features.1.fc.0.weight" not in source
+
+
+def test_warm_start_without_head_keeps_the_head_init(parity_voc, tmp_path):
     plain = tmp_path / "plain"
     run_cli(*train_args(parity_voc, plain, "--set", "train.epochs=1", "--set", "model.drs=relu"))
-    drs = tmp_path / "drs"
-    run_cli(*train_args(parity_voc, drs, "--set", "train.epochs=1", "--set", "train.lr=0.0",
-                        "--set", f"model.init_from={plain / 'last.pth'}"))
+    fresh = tmp_path / "fresh"
+    run_cli(*train_args(parity_voc, fresh, "--set", "train.epochs=1", "--set", "train.lr=0.0",
+                        "--set", "model.init_head=false", "--set", f"model.init_from={plain / 'last.pth'}"))
     source = torch.load(plain / "last.pth", weights_only=True)["model"]
-    warm = torch.load(drs / "last.pth", weights_only=True)["model"]
-    torch.testing.assert_close(warm["backbone.features.0.weight"], source["backbone.features.0.weight"])
-    assert "backbone.features.1.fc.0.weight" in warm and "backbone.features.1.fc.0.weight" not in source
+    warm = torch.load(fresh / "last.pth", weights_only=True)["model"]
+    torch.testing.assert_close(warm["backbone.features.0.0.weight"], source["backbone.features.0.0.weight"])
+    assert not torch.equal(warm["extra_conv1.weight"], source["extra_conv1.weight"])
 
 
 def test_bad_config_key_is_a_clear_error(parity_voc, tmp_path):

@@ -51,7 +51,9 @@ from utils.voc import (
     derive_cls_lists,
 )
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # the default; version 1 (bodies without class evidence) stays behind --version 1
+VERSIONS = (1, 2)
+DEFAULT_SIZE = {1: 112, 2: 160}
 DEMO_CLASSES = (0, 2, 6, 7, 11, 14)  # 0-based VOC ids: aeroplane, bird, car, cat, dog, person
 PART_DIR = "PartMasks"
 BODY, PART = 1, 2
@@ -78,6 +80,19 @@ WOBBLE_MAX = 0.035  # amplitude of each of the two shape harmonics, relative to 
 PART_AREA_FRACTION = (0.10, 0.15)
 MAX_OVERLAP = 0.10  # a new object may cover at most this fraction of the smaller object
 PLACEMENT_TRIES = 40
+
+# Version 2: graded evidence. Sizes are for a 160 px image and scale with the image side.
+V2_REFERENCE_SIZE = 160
+V2_SEMI_AXES_SINGLE = ((38.0, 48.0), (14.0, 18.0))  # (long, short) ranges: elongated bodies, ~86 x 32 px
+V2_SEMI_AXES_MULTI = ((30.0, 38.0), (12.0, 15.0))
+# Body hue: class i's window is centred at i/6 and reaches one class spacing to each side, so every hue is
+# shared by two neighbouring classes: hue alone names a body's class about half of the time (chance: 1/6).
+BODY_HUE_HALF_WIDTH = 0.22
+BODY_SATURATION = (0.5, 0.85)
+BODY_VALUE = (0.5, 0.85)
+# Backgrounds and distractors stay below this saturation, bodies above BODY_SATURATION[0]: the background
+# never shows a body's colour evidence (as sky, road or grass rarely look like fur or paint).
+BACKGROUND_MAX_SATURATION = 0.15
 MISSED_OBJECT_PROB = 0.10
 FALSE_BLOB_PROB = 0.10
 
@@ -144,25 +159,36 @@ def _grid(size):
 # Background
 
 
-def render_background(rng, size):
-    """Colour gradient + smooth colour noise + pixel noise, then a few small flat distractors."""
+def render_background(rng, size, version=GENERATOR_VERSION):
+    """Colour gradient + smooth noise + pixel noise, then a few small flat distractors.
+
+    Version 1 uses any colour; version 2 keeps to greyish colours (saturation below
+    ``BACKGROUND_MAX_SATURATION``) and lets the noise vary brightness, not hue, so the background never
+    shows the saturated colours that are the bodies' class evidence.
+    """
     xx, yy = _grid(size)
     angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy) / size
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-    start, end = (_hsv(rng.uniform(), rng.uniform(0.1, 0.6), rng.uniform(0.3, 0.9)) for _ in range(2))
+    saturation = (0.1, 0.6) if version == 1 else (0.0, BACKGROUND_MAX_SATURATION)
+    start, end = (_hsv(rng.uniform(), rng.uniform(*saturation), rng.uniform(0.3, 0.9)) for _ in range(2))
     image = start + ramp[..., None] * (end - start)
-    image += 22.0 * _smooth_noise(rng, size, cells=int(rng.integers(3, 7)), channels=3)
+    cells = int(rng.integers(3, 7))
+    if version == 1:
+        image += 22.0 * _smooth_noise(rng, size, cells=cells, channels=3)
+    else:
+        image *= 1.0 + 0.15 * _smooth_noise(rng, size, cells=cells)
     image += 4.0 * _pixel_noise(rng, image.shape)
-    _draw_distractors(rng, image)
+    _draw_distractors(rng, image, max_saturation=0.7 if version == 1 else BACKGROUND_MAX_SATURATION)
     return image
 
 
-def _draw_distractors(rng, image):
+def _draw_distractors(rng, image, max_saturation):
     """Strokes and small polygons: clutter that is not body-like (small, flat) and carries no part pattern."""
     size = image.shape[0]
     for _ in range(int(rng.integers(3, 8))):
-        colour = tuple(float(c) for c in _hsv(rng.uniform(), rng.uniform(0.0, 0.7), rng.uniform(0.2, 0.95)))
+        colour = _hsv(rng.uniform(), rng.uniform(0.0, max_saturation), rng.uniform(0.2, 0.95))
+        colour = tuple(float(c) for c in colour)
         if rng.uniform() < 0.5:
             points = rng.uniform(0, size, size=(int(rng.integers(2, 5)), 2)).astype(np.int32)
             cv2.polylines(image, [points], False, colour, thickness=int(rng.integers(1, 4)))
@@ -231,18 +257,50 @@ def object_masks(geometry, size):
     return body, part, radius
 
 
-def place_objects(rng, size, count):
+def sample_geometry_v2(rng, size, semi_axes):
+    """Version 2: an elongated body with the part at one end of its long axis (like a head on a torso), so
+    the body reaches far from the part and a map that covers only the part is plain to see."""
+    scale = size / V2_REFERENCE_SIZE
+    a, b = (float(rng.uniform(*axis_range)) * scale for axis_range in semi_axes)
+    wobble = tuple(float(x) for x in rng.uniform(0, WOBBLE_MAX, size=2))
+    reach = a * (1 + 2 * WOBBLE_MAX)
+    centre = rng.uniform(reach + 1, size - reach - 2, size=2)
+    angle = float(rng.uniform(0, 2 * np.pi))
+    part_radius = float(np.sqrt(rng.uniform(*PART_AREA_FRACTION) * a * b))
+    # The disc sits as far out as the body's guaranteed (smallest) outline keeps it inside.
+    a_in, b_in = a * (1 - 2 * WOBBLE_MAX), b * (1 - 2 * WOBBLE_MAX)
+    half_width_ratio = min((part_radius + 1.0) / b_in, 1.0)
+    offset = min(a_in * math.sqrt(1.0 - half_width_ratio**2), a_in - part_radius - 1.0)
+    part_centre = np.asarray(centre) + max(offset, 0.0) * np.array([math.cos(angle), math.sin(angle)])
+    return {
+        "centre": tuple(float(x) for x in centre),
+        "axes": (a, b),
+        "angle": angle,
+        "wobble": wobble,
+        "wobble_phase": tuple(float(x) for x in rng.uniform(0, 2 * np.pi, size=2)),
+        "part_centre": tuple(float(x) for x in part_centre),
+        "part_radius": part_radius,
+        "part_angle": float(rng.uniform(0, np.pi)),
+    }
+
+
+def place_objects(rng, size, count, version=GENERATOR_VERSION):
     """Up to ``count`` objects that overlap little and never hide an earlier object's part.
 
     The first object is always placed; a later one that finds no room after a few tries is dropped.
     """
-    semi_axes = SEMI_AXIS_SINGLE if count == 1 else SEMI_AXIS_MULTI
+    if version == 1:
+        semi_axes = SEMI_AXIS_SINGLE if count == 1 else SEMI_AXIS_MULTI
+        sample = sample_geometry
+    else:
+        semi_axes = V2_SEMI_AXES_SINGLE if count == 1 else V2_SEMI_AXES_MULTI
+        sample = sample_geometry_v2
     placed = []
     union = np.zeros((size, size), bool)
     parts = np.zeros((size, size), bool)
     for index in range(count):
         for _ in range(PLACEMENT_TRIES if index else 1):
-            geometry = sample_geometry(rng, size, semi_axes)
+            geometry = sample(rng, size, semi_axes)
             body, part, radius = object_masks(geometry, size)
             if index == 0 or _fits(body, union, parts, placed):
                 placed.append((geometry, body, part, radius))
@@ -263,10 +321,23 @@ def _fits(body, union, parts, placed):
 # Objects: appearance
 
 
-def paint_body(rng, image, body, radius):
-    """Mottled, edge-shaded body; colour and texture come from one distribution for every class."""
+def body_hue_window(class_id):
+    """Version 2: the (low, high) hue range of a class's bodies (may wrap around 1)."""
+    centre = DEMO_CLASSES.index(class_id) / len(DEMO_CLASSES)
+    return centre - BODY_HUE_HALF_WIDTH, centre + BODY_HUE_HALF_WIDTH
+
+
+def body_colour(rng, class_id, version=GENERATOR_VERSION):
+    """Version 1: one brownish distribution for every class. Version 2: a saturated colour whose hue comes
+    from the class's window, which overlaps its neighbours' (weak, class-correlated evidence)."""
+    if version == 1:
+        return _hsv(rng.uniform(0.03, 0.12), rng.uniform(0.2, 0.55), rng.uniform(0.45, 0.8))
+    return _hsv(rng.uniform(*body_hue_window(class_id)), rng.uniform(*BODY_SATURATION), rng.uniform(*BODY_VALUE))
+
+
+def paint_body(rng, image, body, radius, colour):
+    """Mottled, edge-shaded body of the given base colour."""
     size = image.shape[0]
-    colour = _hsv(rng.uniform(0.03, 0.12), rng.uniform(0.2, 0.55), rng.uniform(0.45, 0.8))
     mottling = 1.0 + 0.12 * _smooth_noise(rng, size, cells=6) + 0.07 * _smooth_noise(rng, size, cells=size // 4)
     shading = 1.0 - 0.3 * np.minimum(radius[body], 1.0) ** 3  # darker towards the rim, like a rounded object
     pixels = colour * mottling[body] * shading[:, None] + 5.0 * _pixel_noise(rng, (int(body.sum()), 3))
@@ -342,19 +413,35 @@ def _add_false_blob(rng, strength, union):
 # One image
 
 
-def render_sample(seed, index, first_class, size):
-    """Everything for image ``index``: RGB image, label map, part mask, saliency map and its object classes."""
+def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, draw=("body", "part"), count=None):
+    """Everything for image ``index``: RGB image, label map, part mask, saliency map and its object classes.
+
+    For measuring how much class evidence each region carries (:mod:`utils.demo_evidence`), ``draw`` can
+    leave one out: without ``"part"`` the part is painted as body; without ``"body"`` the body takes version
+    1's class-free colour. ``count`` fixes the number of objects. Every other draw stays the same.
+    """
     rng = _image_rng(seed, index)
-    count = int(rng.choice(len(OBJECT_COUNT_PROBS), p=OBJECT_COUNT_PROBS)) + 1
+    drawn_count = int(rng.choice(len(OBJECT_COUNT_PROBS), p=OBJECT_COUNT_PROBS)) + 1
+    count = drawn_count if count is None else count
     classes = [first_class] + [int(c) for c in rng.choice(DEMO_CLASSES, size=count - 1)]
-    image = render_background(rng, size)
+    image = render_background(rng, size, version)
     label = np.zeros((size, size), np.uint8)
     parts = np.zeros((size, size), np.uint8)
-    placed = place_objects(rng, size, count)
+    placed = place_objects(rng, size, count, version)
     classes = classes[: len(placed)]  # objects that found no room are dropped
+    if version == 1 and set(draw) != {"body", "part"}:
+        raise ValueError("leaving out a region's evidence needs generator version 2")
     for class_id, (geometry, body, part, radius) in zip(classes, placed, strict=True):
-        paint_body(rng, image, body, radius)
-        paint_part(rng, image, part, geometry, class_id)
+        colour = body_colour(rng, class_id, version)
+        part_rng = rng
+        if version > 1:  # separate streams, so leaving a region out changes no other draw
+            body_seed, part_seed = (int(x) for x in rng.integers(2**32, size=2))
+            part_rng = np.random.default_rng(part_seed)
+            if "body" not in draw:
+                colour = body_colour(np.random.default_rng(body_seed), class_id, version=1)
+        paint_body(rng, image, body, radius, colour)
+        if "part" in draw:
+            paint_part(part_rng, image, part, geometry, class_id)
         # Later objects are painted on top; each one's outline becomes a 1-px ignore band, like VOC's.
         label[body] = class_id + 1
         label[_inner_edge(body)] = IGNORE_LABEL
@@ -411,14 +498,16 @@ demo_meta.json                    generator version, seed, counts, image size an
 """
 
 
-def _params(seed, num_train_aug, num_train, num_val, size):
-    return {"version": GENERATOR_VERSION, "seed": seed, "num_train_aug": num_train_aug, "num_train": num_train,
+def _params(seed, num_train_aug, num_train, num_val, size, version=GENERATOR_VERSION):
+    return {"version": version, "seed": seed, "num_train_aug": num_train_aug, "num_train": num_train,
             "num_val": num_val, "size": size}
 
 
 def _check_params(params):
+    if params["version"] not in VERSIONS:
+        raise ValueError(f"generator version must be one of {VERSIONS}, got {params['version']}")
     if params["size"] < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} px (objects are 40-56 px across), got {params['size']}")
+        raise ValueError(f"size must be >= {MIN_SIZE} px (objects are 40-90 px long), got {params['size']}")
     if params["num_train_aug"] < 1 or params["num_val"] < 1:
         raise ValueError("num_train_aug and num_val must be >= 1")
     if not 1 <= params["num_train"] <= params["num_train_aug"]:
@@ -477,13 +566,16 @@ def _write_id_list(path, ids):
     return atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{image_id}\n" for image_id in ids)))
 
 
-def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, size=112, force=False):
+def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, size=None, force=False,
+             version=GENERATOR_VERSION):
     """Write the demo dataset into ``out_dir`` and return its meta (also saved as ``demo_meta.json``).
 
-    A folder that already holds a complete dataset with the same parameters is left as it is, unless ``force``.
+    ``size`` defaults to the version's image side (``DEFAULT_SIZE``). A folder that already holds a complete
+    dataset with the same parameters is left as it is, unless ``force``.
     """
     out_dir = Path(out_dir)
-    params = _params(seed, num_train_aug, num_train, num_val, size)
+    size = DEFAULT_SIZE.get(version, 0) if size is None else size
+    params = _params(seed, num_train_aug, num_train, num_val, size, version)
     _check_params(params)
     if not force and (meta := complete_meta(out_dir, params)) is not None:
         return meta
@@ -499,7 +591,7 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
         plan = class_plan(seed, split_key, len(splits[split]))
         for image_id, first_class in zip(splits[split], plan, strict=True):
             index += 1
-            sample = render_sample(seed, index, first_class, size)
+            sample = render_sample(seed, index, first_class, size, version)
             write_sample(out_dir, image_id, sample)
             for class_id in set(sample["classes"]):
                 counts[class_id] += 1
@@ -518,6 +610,8 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
         "class_ids": list(DEMO_CLASSES),
         "class_names": [CLASS_NAMES[c] for c in DEMO_CLASSES],
         "part_patterns": {CLASS_NAMES[c]: PART_STYLES[c][0] for c in DEMO_CLASSES},
+        "body_hue_windows": ({CLASS_NAMES[c]: [round(h, 4) for h in body_hue_window(c)] for c in DEMO_CLASSES}
+                             if version > 1 else None),
         "images_per_class": images_per_class,
         "part_values": {"background": 0, "body": BODY, "part": PART},
     }
@@ -532,21 +626,30 @@ def main(argv=None):
     parser.add_argument("--num-train-aug", type=int, default=400)
     parser.add_argument("--num-train", type=int, default=100, help="the first N train_aug images form train")
     parser.add_argument("--num-val", type=int, default=100)
-    parser.add_argument("--size", type=int, default=112, help=f"square image side in px (>= {MIN_SIZE})")
+    parser.add_argument("--size", type=int, default=None,
+                        help=f"square image side in px (>= {MIN_SIZE}; default {DEFAULT_SIZE[GENERATOR_VERSION]}, "
+                             f"version 1: {DEFAULT_SIZE[1]})")
+    parser.add_argument("--version", type=int, default=GENERATOR_VERSION, choices=VERSIONS,
+                        help="2: bodies carry weak, overlapping class evidence (default); 1: the first demo, whose "
+                             "bodies carry none (kept for the record, docs/demo.md)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
     args = parser.parse_args(argv)
-    params = _params(args.seed, args.num_train_aug, args.num_train, args.num_val, args.size)
+    if args.size is None:
+        args.size = DEFAULT_SIZE[args.version]
+    params = _params(args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, args.version)
     if not args.force and complete_meta(args.out, params) is not None:
         print(f"demo data: {args.out} already holds this dataset (seed {args.seed}); skipped (--force regenerates)")
         return
     start = time.perf_counter()
     try:
-        meta = generate(args.out, args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, force=True)
+        meta = generate(args.out, args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, force=True,
+                        version=args.version)
     except (ValueError, DataError) as error:
         parser.error(str(error))
     counts = meta["counts"]
     print(f"demo data: wrote {counts['train_aug']} train_aug (first {counts['train']} = train) + {counts['val']} val "
-          f"images, {args.size} px, {len(DEMO_CLASSES)} classes, seed {args.seed} -> {args.out} "
+          f"images, {args.size} px, {len(DEMO_CLASSES)} classes, version {args.version}, seed {args.seed} "
+          f"-> {args.out} "
           f"in {time.perf_counter() - start:.1f} s")
 
 

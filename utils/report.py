@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from utils.io import atomic_write
 
 
@@ -14,19 +16,35 @@ def _pct(value):
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def stage1_table(named_results):
-    """One row per variant: mAP, map mIoU under both protocols, mean map value per demo region."""
+def _stat(values, scale=100.0, digits=1):
+    """``mean`` for one value, ``mean ± std`` (sample std) for several; ``–`` when missing."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean = scale * float(np.mean(values))
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {scale * float(np.std(values, ddof=1)):.{digits}f}"
+
+
+def stage1_table(named_runs):
+    """One row per variant: mAP, map mIoU under both protocols, mean map value per demo region. Each variant
+    has one ``scores.json`` result or several (seeds): then every cell is mean ± std over them."""
     lines = ["| variant | cls mAP | mIoU, DRS protocol (α, saliency) | mIoU, CAM protocol (best bg thr.) "
              "| map on part | map on body | map on background | body/part |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, r in named_results.items():
-        cam = r["cam_protocol"]
-        regions = r.get("regions")
-        region_cells = (f"{regions['part']:.3f} | {regions['body']:.3f} | {regions['background']:.3f} | "
-                        f"{regions['body_part_ratio']:.3f}") if regions else "– | – | – | –"
-        lines.append(f"| {name} | {_pct(r.get('classification', {}).get('mAP'))} | "
-                     f"{_pct(r.get('drs_protocol', {}).get('mean_iou'))} | "
-                     f"{_pct(cam['mean_iou'])} (t={cam['best_threshold']:.2f}) | {region_cells} |")
+    for name, runs in named_runs.items():
+        runs = runs if isinstance(runs, list) else [runs]
+        regions = [r.get("regions") or {} for r in runs]
+        thresholds = sorted({f"{r['cam_protocol']['best_threshold']:.2f}" for r in runs})
+        cells = [
+            _stat([r.get("classification", {}).get("mAP") for r in runs]),
+            _stat([r.get("drs_protocol", {}).get("mean_iou") for r in runs]),
+            f"{_stat([r['cam_protocol']['mean_iou'] for r in runs])} (t={'/'.join(thresholds)})",
+            *(_stat([g.get(key) for g in regions], scale=1.0, digits=3)
+              for key in ("part", "body", "background", "body_part_ratio")),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -50,17 +68,28 @@ def main(argv=None):
     parser.add_argument("--title", default="Stage 1: localization maps")
     parser.add_argument("--kind", choices=("stage1", "pipeline"), default="stage1",
                         help="stage1: variants of the classifier; pipeline: maps and labels of successive stages")
-    parser.add_argument("runs", nargs="+", metavar="NAME=SCORES_JSON")
+    parser.add_argument("--note", action="append", default=[], help="a markdown file whose text follows the table")
+    parser.add_argument("runs", nargs="+", metavar="NAME=SCORES_JSON[,SCORES_JSON...]",
+                        help="several files (seeds; stage1 only): mean ± std")
     args = parser.parse_args(argv)
     named = {}
     for item in args.runs:
-        name, _, path = item.partition("=")
-        named[name] = json.loads(Path(path).read_text())
-    first = next(iter(named.values()))
+        name, _, paths = item.partition("=")
+        runs = [json.loads(Path(path).read_text()) for path in paths.split(",")]
+        if len(runs) > 1 and args.kind != "stage1":
+            parser.error("several scores per row (seeds) are for --kind stage1")
+        named[name] = runs if len(runs) > 1 else runs[0]
+    every = [r for runs in named.values() for r in (runs if isinstance(runs, list) else [runs])]
+    first = every[0]
     table = stage1_table(named) if args.kind == "stage1" else pipeline_table(named)
-    same_list = len({r.get("list") for r in named.values()}) == 1 and "list" in first
-    scope = f"{first['images']} images of `{first['list']}`.\n\n" if same_list else ""
-    text = f"# {args.title}\n\n{scope}{table}"
+    same_list = len({r.get("list") for r in every}) == 1 and "list" in first
+    seeds = max(len(runs) if isinstance(runs, list) else 1 for runs in named.values())
+    scope = f"{first['images']} images of `{first['list']}`" if same_list else ""
+    if seeds > 1:
+        scope += ("; " if scope else "") + f"mean ± std over {seeds} training seeds"
+    scope = f"{scope}.\n\n" if scope else ""
+    notes = "".join(f"\n{Path(note).read_text()}" for note in args.note)
+    text = f"# {args.title}\n\n{scope}{table}{notes}"
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
     print(text)
 
