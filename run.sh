@@ -11,12 +11,13 @@
 #                demo default v2,v3p),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 #          Demo only: --variants LIST (stage-1 activations compared; default relu,0.9,learnable),
-#                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0).
+#                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0),
+#                     --stage1-only (stop after the stage-1 comparison).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
-VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,0.9,learnable SEEDS=0
+VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,0.9,learnable SEEDS=0 STAGE1_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -28,7 +29,8 @@ while [ $# -gt 0 ]; do
     --seg) SEG=$2; shift 2 ;;
     --variants) VARIANTS=$2; shift 2 ;;
     --seeds) SEEDS=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --stage1-only) STAGE1_ONLY=1; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -120,6 +122,7 @@ if [ -z "$VOC_ROOT" ]; then
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
+  [ "$STAGE1_ONLY" = 1 ] && { echo "stage 1 only: see $OUT/stage1_comparison.md"; exit 0; }
   REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
   STANDIN=${STANDIN:-$OUT/cls_pretrain/last.pth}
   [ -f "$STANDIN" ] && REFINE_SETS=(--set model.init_from="$STANDIN")

@@ -1,23 +1,29 @@
 """A small synthetic dataset in PASCAL VOC 2012 layout, for demos and tests that cannot download VOC.
 
 Design: the dataset is built to have the problem DRS addresses. A classifier trained on image-level labels
-looks at the most discriminative evidence only, so its class activation maps cover small object parts.
-Here every object is
+leans on the most discriminative evidence, so its class activation maps cover small object parts, while the
+rest of an object carries weaker evidence that a classifier pushed off the part (DRS) can still use. Here
+every object (version 2, the default) is
 
-* a LARGE body: a wobbly, mottled ellipse (>= 40 px across, i.e. >= 5 cells of a stride-8 feature map) whose
-  colour and texture are drawn from ONE distribution shared by all classes, so the body alone says nothing
-  about the class, and
-* a SMALL discriminative part inside the body (10-15 % of the object area) with a class-specific colour AND
-  pattern (stripes, checker, dots, rings, cross, triangle), at a random position.
+* a LARGE, elongated body: a wobbly, mottled ellipse about 86 x 32 px in a 160 px image (11 x 4 cells of a
+  stride-8 feature map) whose colour is a saturated hue drawn from a window of its class; the windows of
+  neighbouring classes overlap, so the body hints at its class (a probe CNN names it about half of the time,
+  chance 1/6: ``utils.demo_evidence`` measures it) without deciding it, and
+* a SMALL discriminative part at one end of the body (10-15 % of the object area, like a head on a torso)
+  with a class-specific colour AND pattern (stripes, checker, dots, rings, cross, triangle), which names the
+  class for certain.
 
-A classifier can therefore reach high accuracy from the part alone, and its maps start on the part; the
-segmentation ground truth, however, is the whole object (body + part). Suppressing the part's activations
-(DRS) has to spread attention over the body to be useful, and ``PartMasks/`` records which pixels are body
-and which are part, so an evaluation can measure where activation maps sit.
+The segmentation ground truth is the whole object (body + part), and ``PartMasks/`` records which pixels
+are body and which are part, so an evaluation can measure where activation maps sit.
 
-Backgrounds are cluttered (colour gradients, smooth noise, small flat distractor shapes and strokes that
-are neither body-like nor patterned). Saliency maps imitate an off-the-shelf salient-object detector:
-blurred, noisy object masks, with an object occasionally missed and a false salient blob now and then.
+Backgrounds carry no class evidence: greyish colour gradients, brightness noise and small flat distractor
+shapes and strokes, all below the bodies' saturation, so the body's hue is never seen outside an object.
+Saliency maps imitate an off-the-shelf salient-object detector: blurred, noisy object masks, with an object
+occasionally missed and a false salient blob now and then.
+
+Version 1 (``--version 1``, 112 px) is the first demo, kept for the record: round bodies whose colour is the
+same for every class, a part anywhere inside, colourful backgrounds. With no evidence on the body, suppression
+could only spread maps everywhere (docs/demo.md).
 
 Determinism: image ``k`` is rendered from its own seed sequence ``(seed, k)`` and the class of its first
 object comes from a balanced plan drawn in blocks, so a file depends only on the seed, its index and the
@@ -483,9 +489,9 @@ OWN_ENTRIES = {IMAGE_DIR, GT_DIR, SALIENCY_DIR, PART_DIR, "ImageSets", LIST_DIR,
 README_TEXT = """\
 SYNTHETIC demo dataset in PASCAL VOC 2012 layout (made by utils/demo_data.py; not real VOC data).
 
-Each object is a large body whose look is the same for every class, plus a small class-specific part
-(colour + pattern) inside it: image-level labels are easy to learn from the part alone, while the
-segmentation ground truth covers the whole object.
+Each object is a large body whose colour only hints at its class, plus a small class-specific part
+(colour + pattern) at one end of it: image-level labels are easy to learn from the part alone, while the
+segmentation ground truth covers the whole object. Backgrounds are greyish and carry no class evidence.
 
 JPEGImages/<id>.jpg               RGB images
 SegmentationClassAug/<id>.png     palette PNG labels: 0 background, c+1 for 0-based VOC class c,
