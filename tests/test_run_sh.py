@@ -21,5 +21,16 @@ def test_unknown_segmentation_network_is_refused_before_any_work(seg, tmp_path):
 def test_help_lists_the_options():
     result = run_sh("--help")
     assert result.returncode == 0
-    for option in ("--voc-root", "--seg none|v2|v3p|v2,v3p", "--gpus"):
+    for option in ("--voc-root", "--seg none|v2|v3p|v2,v3p", "--gpus", "--variants", "--seeds", "--stage1-only"):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--variants", "relu,0.9,sigmoid", "--variants takes a comma list"),
+    ("--variants", "1.5", "--variants takes a comma list"),
+    ("--seeds", "0,one", "--seeds takes a comma list"),
+])
+def test_bad_stage1_lists_are_refused_before_any_work(option, value, message, tmp_path):
+    result = run_sh(option, value, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "out").exists()
