@@ -111,6 +111,13 @@ def write_report(results, out_dir, name):
         r = results["regions"]
         lines += [f"Mean map value: part {r['part']:.3f}, body {r['body']:.3f}, background {r['background']:.3f}, "
                   f"body/part {r['body_part_ratio']:.3f}", ""]
+        below = r["below_alpha"]
+        lines += [f"Own-class map below α: part {100 * below['part']:.1f} %, body {100 * below['body']:.1f} %, "
+                  f"background {100 * below['background']:.1f} % of pixels", ""]
+        if "drs_correct" in r:
+            right = r["drs_correct"]
+            lines += [f"Labelled right (DRS protocol): part {100 * right['part']:.1f} %, body "
+                      f"{100 * right['body']:.1f} %, background {100 * right['background']:.1f} %", ""]
     atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
 
 

@@ -49,3 +49,24 @@ def test_markdown_table_lists_every_class_and_the_mean():
     scores = ConfusionMatrix().update(np.array([0, 1]), np.array([0, 1])).scores()
     table = markdown_table({"run": scores})
     assert "| background | 100.0 |" in table and "| tvmonitor | – |" in table and "**100.0**" in table
+
+
+def test_map_evaluator_reports_where_each_region_falls_short():
+    from utils.evaluation import MapEvaluator
+
+    gt = np.zeros((4, 4), np.uint8)
+    gt[:, 2:] = 3  # class 2 (0-based) on the right half
+    gt[0, 3] = 255
+    parts = np.zeros((4, 4), np.uint8)
+    parts[:, 2] = 1  # body
+    parts[:, 3] = 2  # part
+    maps = np.zeros((20, 4, 4), np.float32)
+    maps[2, :, 3] = 1.0  # the map covers the part only
+    maps[2, 0, 2] = 0.5  # and one body pixel
+    classes = np.zeros(20)
+    classes[2] = 1
+    evaluator = MapEvaluator(alpha=0.2)
+    evaluator.add(maps, classes, gt, saliency=np.where(gt > 0, 255, 0).astype(np.uint8), parts=parts)
+    regions = evaluator.results()["regions"]
+    assert regions["below_alpha"] == {"background": 1.0, "body": 0.75, "part": 0.0}
+    assert regions["drs_correct"] == {"background": 1.0, "body": 0.25, "part": 1.0}

@@ -58,7 +58,8 @@ class MapEvaluator:
     * DRS protocol: maps < alpha dropped, background = 1 - binarised saliency, argmax.
     * CAM protocol: no saliency; background = a fixed threshold t, swept over ``thresholds``.
     * Optional part masks (0 background, 1 body, 2 part; the demo dataset has them): mean map value of the
-      image's own classes on each region.
+      image's own classes on each region, the share of each region's pixels whose best own-class map is below
+      alpha, and the share the DRS protocol labels right.
     """
 
     def __init__(self, alpha=0.2, thresholds=CAM_THRESHOLDS):
@@ -68,12 +69,17 @@ class MapEvaluator:
         self.cam = {t: ConfusionMatrix() for t in self.thresholds}
         self.region_sum = np.zeros(3)
         self.region_count = np.zeros(3)
+        self.region_pixels = np.zeros(3)  # GT-labelled pixels per region (255 left out)
+        self.region_below_alpha = np.zeros(3)  # ... where the best own-class map is below alpha
+        self.region_correct = np.zeros(3)  # ... labelled right by the DRS protocol
 
     def add(self, maps, classes, gt, saliency=None, parts=None):
         maps = torch.as_tensor(maps, dtype=torch.float32)[None]
+        drs_label = None
         if saliency is not None:
             background = 1.0 - (torch.as_tensor(np.asarray(saliency)) > SALIENCY_THRESHOLD).float()
-            self.drs.update(gt, cam_pseudo_label(maps, background[None], self.alpha)[0].numpy())
+            drs_label = cam_pseudo_label(maps, background[None], self.alpha)[0].numpy()
+            self.drs.update(gt, drs_label)
         peak = maps[0].max(dim=0).values  # the best class score at each pixel
         fg = maps[0].argmax(dim=0) + 1
         for t in self.thresholds:
@@ -82,11 +88,16 @@ class MapEvaluator:
             present = np.flatnonzero(np.asarray(classes) > 0.5)
             if len(present):
                 own = maps[0, present].numpy()  # (k, H, W): the image's classes
-                parts = np.asarray(parts)
+                parts, gt = np.asarray(parts), np.asarray(gt)
                 for region in range(3):
                     mask = parts == region
                     self.region_sum[region] += own[:, mask].sum()
                     self.region_count[region] += mask.sum() * len(present)
+                    labelled = mask & (gt != 255)
+                    self.region_pixels[region] += labelled.sum()
+                    self.region_below_alpha[region] += (own.max(axis=0)[labelled] < self.alpha).sum()
+                    if drs_label is not None:
+                        self.region_correct[region] += (drs_label[labelled] == gt[labelled]).sum()
 
     def results(self):
         out = {}
@@ -99,6 +110,12 @@ class MapEvaluator:
             means = self.region_sum / np.maximum(self.region_count, 1)
             out["regions"] = {"background": means[0], "body": means[1], "part": means[2],
                               "body_part_ratio": means[1] / max(means[2], 1e-12)}
+            pixels = np.maximum(self.region_pixels, 1)
+            names = ("background", "body", "part")
+            # Where each region's pixels fall short: own-class map below alpha, and the DRS protocol's accuracy.
+            out["regions"]["below_alpha"] = dict(zip(names, (self.region_below_alpha / pixels).tolist()))
+            if self.drs.hist.sum():
+                out["regions"]["drs_correct"] = dict(zip(names, (self.region_correct / pixels).tolist()))
         return out
 
 
