@@ -7,7 +7,7 @@ every object (version 2, the default) is
 
 * a LARGE, elongated body: a wobbly, mottled ellipse about 86 x 32 px in a 160 px image (11 x 4 cells of a
   stride-8 feature map) whose colour is a saturated hue drawn from a window of its class; the windows of
-  neighbouring classes overlap, so the body hints at its class (a probe CNN names it about half of the time,
+  neighbouring classes overlap, so the body hints at its class (a probe CNN names it 39 % of the time,
   chance 1/6: ``utils.demo_evidence`` measures it) without deciding it, and
 * a SMALL discriminative part at one end of the body (10-15 % of the object area, like a head on a torso)
   with a class-specific colour AND pattern (stripes, checker, dots, rings, cross, triangle), which names the
@@ -91,8 +91,8 @@ PLACEMENT_TRIES = 40
 V2_REFERENCE_SIZE = 160
 V2_SEMI_AXES_SINGLE = ((38.0, 48.0), (14.0, 18.0))  # (long, short) ranges: elongated bodies, ~86 x 32 px
 V2_SEMI_AXES_MULTI = ((30.0, 38.0), (12.0, 15.0))
-# Body hue: class i's window is centred at i/6 and reaches one class spacing to each side, so every hue is
-# shared by two neighbouring classes: hue alone names a body's class about half of the time (chance: 1/6).
+# Body hue: class i's window is centred at i/6 and reaches 0.22 to each side (1.3 class spacings), so every
+# hue is shared by two or three classes: the body hints at its class without deciding it (chance: 1/6).
 BODY_HUE_HALF_WIDTH = 0.22
 BODY_SATURATION = (0.5, 0.85)
 BODY_VALUE = (0.5, 0.85)
