@@ -10,14 +10,15 @@
 #          --seg none|v2|v3p|v2,v3p (segmentation networks trained on the pseudo labels, evaluated on val;
 #                demo default v2,v3p),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
-#          Demo only: --variants LIST (stage-1 activations compared; default relu,0.9,learnable),
+#          Demo only: --variants LIST (stage-1 activations compared; default relu,learnable;
+#                     add a fixed delta such as 0.9 for the ablation),
 #                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0),
 #                     --stage1-only (stop after the stage-1 comparison).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
-VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,0.9,learnable SEEDS=0 STAGE1_ONLY=0
+VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,learnable SEEDS=0 STAGE1_ONLY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
     --variants) VARIANTS=$2; shift 2 ;;
     --seeds) SEEDS=$2; shift 2 ;;
     --stage1-only) STAGE1_ONLY=1; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +48,7 @@ if ! [[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   echo "run.sh: --seeds takes a comma list of non-negative integers; got $SEEDS" >&2; exit 2
 fi
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }  # time since start
 
 # Run a training script unless its output folder is marked done; an interrupted run resumes from last.pth.
 train() {  # script config voc_root out_dir [--set k=v ...]
@@ -122,7 +123,7 @@ if [ -z "$VOC_ROOT" ]; then
   step "demo dataset"
   $PY -m utils.demo_data --out "$ROOT"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
-  [ "$STAGE1_ONLY" = 1 ] && { echo "stage 1 only: see $OUT/stage1_comparison.md"; exit 0; }
+  [ "$STAGE1_ONLY" = 1 ] && { step "stage 1 only: see $OUT/stage1_comparison.md"; exit 0; }
   REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
   STANDIN=${STANDIN:-$OUT/cls_pretrain/last.pth}
   [ -f "$STANDIN" ] && REFINE_SETS=(--set model.init_from="$STANDIN")
@@ -210,3 +211,4 @@ if [ ${#seg_rows[@]} -gt 1 ]; then
     --title "Segmentation networks (val) and their training labels" "${seg_rows[@]}"
   $PY -m utils.visualize --voc-root "$ROOT" --list "$VAL_IDS" --out "$OUT/segmentation.png" "${seg_pictures[@]}"
 fi
+step "finished: reports in $OUT"

@@ -44,9 +44,9 @@ def warm_start(model, path, with_head=True):
     if not checkpoints.is_ours(state) or state["kind"] != "classifier":
         raise checkpoints.CheckpointError(f"model.init_from {path} must be a classifier checkpoint of this project")
     weights = state["model"] if model.backbone.batch_norm else fold_batch_norm(state["model"])
-    weights = {k: v for k, v in weights.items() if with_head or k.startswith("backbone.")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if with_head or k.startswith("backbone.")]
+    wanted = lambda key: with_head or key.startswith("backbone.")  # noqa: E731
+    missing, unexpected = model.load_state_dict({k: v for k, v in weights.items() if wanted(k)}, strict=False)
+    missing = [k for k in missing if wanted(k)]
     if unexpected or any(not k.endswith("fc.0.weight") for k in missing):
         raise checkpoints.CheckpointError(f"{path} does not fit this classifier (missing {missing[:3]})")
 

@@ -108,11 +108,11 @@ def fold_batch_norm(state, prefix="backbone.features."):
     so the plain network computes what the BN network computed at evaluation. Other keys pass unchanged."""
     import torch
 
-    out = {k: v for k, v in state.items() if not (k.startswith(prefix) and k[len(prefix):].count(".") == 2)}
-    for index in CONV_INDICES:
+    folded = [i for i in CONV_INDICES if f"{prefix}{i}.0.weight" in state]
+    pairs = tuple(f"{prefix}{i}.{j}." for i in folded for j in (0, 1))
+    out = {k: v for k, v in state.items() if not k.startswith(pairs)}
+    for index in folded:
         conv, bn = f"{prefix}{index}.0.", f"{prefix}{index}.1."
-        if conv + "weight" not in state:
-            continue
         scale = state[bn + "weight"] / torch.sqrt(state[bn + "running_var"] + 1e-5)
         out[f"{prefix}{index}.weight"] = state[conv + "weight"] * scale[:, None, None, None]
         out[f"{prefix}{index}.bias"] = (state[conv + "bias"] - state[bn + "running_mean"]) * scale + state[bn + "bias"]

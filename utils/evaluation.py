@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from utils.cam import cam_pseudo_label, normalized_cam
 from utils.metrics import ConfusionMatrix
-from utils.voc import SALIENCY_THRESHOLD
+from utils.voc import IGNORE_LABEL, SALIENCY_THRESHOLD
 
 # 0.00 .. 0.95: VOC maps peak near 0.2-0.3, but blurry maps (the demo's) can need far higher ones, and a best
 # threshold at the end of the sweep would not be the best.
@@ -69,7 +69,7 @@ class MapEvaluator:
         self.cam = {t: ConfusionMatrix() for t in self.thresholds}
         self.region_sum = np.zeros(3)
         self.region_count = np.zeros(3)
-        self.region_pixels = np.zeros(3)  # GT-labelled pixels per region (255 left out)
+        self.region_pixels = np.zeros(3)  # GT-labelled pixels per region (ignore label left out)
         self.region_below_alpha = np.zeros(3)  # ... where the best own-class map is below alpha
         self.region_correct = np.zeros(3)  # ... labelled right by the DRS protocol
 
@@ -88,14 +88,15 @@ class MapEvaluator:
             present = np.flatnonzero(np.asarray(classes) > 0.5)
             if len(present):
                 own = maps[0, present].numpy()  # (k, H, W): the image's classes
+                own_below_alpha = own.max(axis=0) < self.alpha
                 parts, gt = np.asarray(parts), np.asarray(gt)
                 for region in range(3):
                     mask = parts == region
                     self.region_sum[region] += own[:, mask].sum()
                     self.region_count[region] += mask.sum() * len(present)
-                    labelled = mask & (gt != 255)
+                    labelled = mask & (gt != IGNORE_LABEL)
                     self.region_pixels[region] += labelled.sum()
-                    self.region_below_alpha[region] += (own.max(axis=0)[labelled] < self.alpha).sum()
+                    self.region_below_alpha[region] += own_below_alpha[labelled].sum()
                     if drs_label is not None:
                         self.region_correct[region] += (drs_label[labelled] == gt[labelled]).sum()
 

@@ -29,12 +29,11 @@ def _stat(values, scale=100.0, digits=1):
 
 def stage1_table(named_runs):
     """One row per variant: mAP, map mIoU under both protocols, mean map value per demo region. Each variant
-    has one ``scores.json`` result or several (seeds): then every cell is mean ± std over them."""
+    has a list of ``scores.json`` results (one per seed); with several, every cell is mean ± std over them."""
     lines = ["| variant | cls mAP | mIoU, DRS protocol (α, saliency) | mIoU, CAM protocol (best bg thr.) "
              "| map on part | map on body | map on background | body/part |",
              "|---|---|---|---|---|---|---|---|"]
     for name, runs in named_runs.items():
-        runs = runs if isinstance(runs, list) else [runs]
         regions = [r.get("regions") or {} for r in runs]
         thresholds = sorted({f"{r['cam_protocol']['best_threshold']:.2f}" for r in runs})
         cells = [
@@ -78,12 +77,15 @@ def main(argv=None):
         runs = [json.loads(Path(path).read_text()) for path in paths.split(",")]
         if len(runs) > 1 and args.kind != "stage1":
             parser.error("several scores per row (seeds) are for --kind stage1")
-        named[name] = runs if len(runs) > 1 else runs[0]
-    every = [r for runs in named.values() for r in (runs if isinstance(runs, list) else [runs])]
+        named[name] = runs
+    every = [r for runs in named.values() for r in runs]
     first = every[0]
-    table = stage1_table(named) if args.kind == "stage1" else pipeline_table(named)
+    if args.kind == "stage1":
+        table = stage1_table(named)
+    else:
+        table = pipeline_table({name: runs[0] for name, runs in named.items()})
     same_list = len({r.get("list") for r in every}) == 1 and "list" in first
-    seeds = max(len(runs) if isinstance(runs, list) else 1 for runs in named.values())
+    seeds = max(len(runs) for runs in named.values())
     scope = f"{first['images']} images of `{first['list']}`" if same_list else ""
     if seeds > 1:
         scope += ("; " if scope else "") + f"mean ± std over {seeds} training seeds"
