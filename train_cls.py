@@ -44,11 +44,21 @@ def warm_start(model, path, with_head=True):
     if not checkpoints.is_ours(state) or state["kind"] != "classifier":
         raise checkpoints.CheckpointError(f"model.init_from {path} must be a classifier checkpoint of this project")
     weights = state["model"] if model.backbone.batch_norm else fold_batch_norm(state["model"])
-    wanted = lambda key: with_head or key.startswith("backbone.")  # noqa: E731
+    wanted = lambda key: with_head or key.startswith("backbone.")
     missing, unexpected = model.load_state_dict({k: v for k, v in weights.items() if wanted(k)}, strict=False)
     missing = [k for k in missing if wanted(k)]
     if unexpected or any(not k.endswith("fc.0.weight") for k in missing):
         raise checkpoints.CheckpointError(f"{path} does not fit this classifier (missing {missing[:3]})")
+
+
+def make_optimizer(model, tcfg):
+    """The optimizer over the classifier's lr groups (``train.lr_multipliers``)."""
+    return build_optimizer(model.parameter_groups(tcfg["lr"], tcfg["lr_multipliers"]), tcfg)
+
+
+def classification_loss(net, images, classes):
+    """Multi-label soft-margin loss of the class scores against the image-level labels (0/1 per class)."""
+    return F.multilabel_soft_margin_loss(net(images), classes)
 
 
 def train(cfg, args):
@@ -65,7 +75,7 @@ def train(cfg, args):
     if cfg["model"].get("init_from"):
         warm_start(model, cfg["model"]["init_from"], with_head=cfg["model"].get("init_head", True))
     model.to(runtime.device)
-    optimizer = build_optimizer(model.parameter_groups(tcfg["lr"], tcfg["lr_multipliers"]), tcfg)
+    optimizer = make_optimizer(model, tcfg)
 
     validate = None
     if cfg["val"]["every"] and runtime.is_main:
@@ -77,9 +87,8 @@ def train(cfg, args):
             return validate_classifier(m, val_loader, runtime.device, cfg["val"]["alpha"])
 
     def loss_fn(net, batch):
-        images = batch["image"].to(runtime.device, non_blocking=True)
-        classes = batch["classes"].to(runtime.device, non_blocking=True)
-        return F.multilabel_soft_margin_loss(net(images), classes)
+        return classification_loss(net, batch["image"].to(runtime.device, non_blocking=True),
+                                   batch["classes"].to(runtime.device, non_blocking=True))
 
     banner = (f"stage 1: {margs['drs'] or 'relu'} classifier, width {margs['width']}, {len(train_set)} train images, "
               f"{tcfg['epochs']} epochs, global batch {tcfg['batch_size']} on {runtime.world_size} process(es), "

@@ -41,6 +41,17 @@ def backbone_warm_start(model, path):
         raise checkpoints.CheckpointError(f"{path}: backbone does not fit: {str(error).splitlines()[0]}") from None
 
 
+def make_optimizer(model, tcfg):
+    """One group: every parameter at ``train.lr`` (the original uses Adam over the whole network)."""
+    return build_optimizer([{"params": list(model.parameters()), "lr": tcfg["lr"]}], tcfg)
+
+
+def refinement_loss(net, images, maps):
+    """Mean squared error between the refined maps and the stage-1 ``maps`` (floats in [0, 1]) reduced to each
+    pixel's top class."""
+    return F.mse_loss(net(images), top_class_target(maps))
+
+
 def train(cfg, args):
     runtime = Runtime(args.device)
     seed_everything(cfg["train"]["seed"], runtime.rank)
@@ -57,7 +68,7 @@ def train(cfg, args):
     if cfg["model"].get("init_from"):
         backbone_warm_start(model, cfg["model"]["init_from"])
     model.to(runtime.device)
-    optimizer = build_optimizer([{"params": list(model.parameters()), "lr": tcfg["lr"]}], tcfg)
+    optimizer = make_optimizer(model, tcfg)
 
     validate = None
     if cfg["val"]["every"] and runtime.is_main:
@@ -71,9 +82,8 @@ def train(cfg, args):
             return validate_refiner(m, val_loader, runtime.device, cfg["val"]["alpha"])
 
     def loss_fn(net, batch):
-        images = batch["image"].to(runtime.device, non_blocking=True)
-        target = top_class_target(batch["maps"].to(runtime.device, non_blocking=True))
-        return F.mse_loss(net(images), target)
+        return refinement_loss(net, batch["image"].to(runtime.device, non_blocking=True),
+                               batch["maps"].to(runtime.device, non_blocking=True))
 
     banner = (f"stage 2: refinement network, width {margs['width']}, {len(train_set)} train images with maps from "
               f"{maps_dir}, {tcfg['epochs']} epochs, global batch {tcfg['batch_size']} on {runtime.world_size} "

@@ -13,8 +13,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from torch import nn  # noqa: E402
-
 from models.deeplab_v3plus import DeepLabV3Plus  # noqa: E402
 from utils import checkpoints, config  # noqa: E402
 from utils.seg_data import ImageNetTrainTransform  # noqa: E402
@@ -44,9 +42,7 @@ def build_model(cfg):
             {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
         if missing or unexpected:
             raise checkpoints.CheckpointError(f"{m['PRETRAINED_PATH']} is not a torchvision ResNet-{args['depth']}")
-    for module in model.backbone.modules():  # the original's set_bn_momentum(backbone, 0.01)
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = 0.01
+    model.set_backbone_bn_momentum(m["BACKBONE_BN_MOMENTUM"])
     return model, args
 
 

@@ -94,9 +94,11 @@ class DeepLabV2(nn.Sequential):
 
 
 class MSC(nn.Module):
-    """Multi-scale inputs: logits at scale 1 and at ``scales``, the latter upsampled to the former.
+    """Multi-scale inputs: logits at scale 1 and at each of ``scales``; their element-wise max after upsampling
+    the smaller ones to the scale-1 size.
 
-    Training returns ``[logits_1, logits_s1, logits_s2, ..., max]``; evaluation returns the element-wise max.
+    Training returns ``[logits_1, logits_s1, logits_s2, ..., max]`` with each pyramid logit at its own
+    resolution (the loss resizes the labels to each size, as the original does); evaluation returns the max.
     """
 
     def __init__(self, base, scales=(0.5, 0.75)):
@@ -109,8 +111,8 @@ class MSC(nn.Module):
         size = logits.shape[-2:]
         pyramid = [self.base(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False))
                    for s in self.scales]
-        pyramid = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
-        fused = torch.stack([logits, *pyramid]).amax(dim=0)
+        upsampled = [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid]
+        fused = torch.stack([logits, *upsampled]).amax(dim=0)
         return [logits, *pyramid, fused] if self.training else fused
 
 

@@ -153,6 +153,12 @@ class DeepLabV3Plus(nn.Module):
         self.classifier = DeepLabV3PlusHead(self.backbone.out_channels, self.backbone.low_level_channels,
                                             num_classes, rates, separable, head_channels, project_channels)
 
+    def set_backbone_bn_momentum(self, momentum):
+        """The running-statistics momentum of every backbone BatchNorm (the original trains with 0.01)."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = momentum
+
     def forward(self, x):
         logits = self.classifier(*self.backbone(x))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)

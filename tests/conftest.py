@@ -20,16 +20,16 @@ def run_cli(*args, check=True):
 
 @pytest.fixture(scope="session")
 def parity_weights(tmp_path_factory):
-    """``name -> path`` of checkpoints written by the parity fixtures' make_weights.py (seed 0)."""
+    """``(spec, seed=0) -> path`` of checkpoints written by the parity fixtures' make_weights.py."""
     out = tmp_path_factory.mktemp("parity_weights")
     made = {}
 
-    def make(spec):
-        if spec not in made:
-            path = out / f"{spec}.pth"
-            run_cli(PARITY / "make_weights.py", PARITY / "specs" / f"{spec}.json", path, "--seed", "0")
-            made[spec] = path
-        return made[spec]
+    def make(spec, seed=0):
+        if (spec, seed) not in made:
+            path = out / f"{spec}_s{seed}.pth"
+            run_cli(PARITY / "make_weights.py", PARITY / "specs" / f"{spec}.json", path, "--seed", str(seed))
+            made[spec, seed] = path
+        return made[spec, seed]
 
     return make
 

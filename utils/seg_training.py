@@ -121,6 +121,18 @@ def _autocast(recipe, device):
     return contextlib.nullcontext()
 
 
+def make_optimizer(recipe):
+    """SGD with momentum over the recipe's groups (weight decay is set per group)."""
+    return torch.optim.SGD(recipe.param_groups, lr=recipe.param_groups[0]["lr"], momentum=recipe.momentum)
+
+
+def set_training_mode(net, recipe):
+    """Training mode for one update; with ``freeze_bn`` every BatchNorm stays in eval mode, untrained."""
+    net.train()
+    if recipe.freeze_bn:
+        freeze_batchnorm(checkpoints.unwrap(net))
+
+
 def train(recipe, cfg, model, model_args, loader, runtime, out_dir, resume_from=None, show_progress=True,
           validate_fn=None):
     """Iteration-based training; writes ``last.pth`` and ``checkpoint_<it>.pth`` every ``save_every``
@@ -129,7 +141,7 @@ def train(recipe, cfg, model, model_args, loader, runtime, out_dir, resume_from=
     the checkpoint (selecting on val would tune on the test set, reference §12.8)."""
     out_dir = Path(out_dir)
     seed_everything(recipe.seed, runtime.rank)
-    optimizer = torch.optim.SGD(recipe.param_groups, lr=recipe.param_groups[0]["lr"], momentum=recipe.momentum)
+    optimizer = make_optimizer(recipe)
     use_amp = bool(recipe.amp) and runtime.device.type == "cuda"
     if recipe.amp and not use_amp and runtime.is_main:
         print(f"AMP ({recipe.amp}) is CUDA-only: training in float32 on {runtime.device}")
@@ -162,9 +174,7 @@ def train(recipe, cfg, model, model_args, loader, runtime, out_dir, resume_from=
     for iteration in bar:
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(group["base_lr"], iteration - 1)
-        net.train()
-        if recipe.freeze_bn:
-            freeze_batchnorm(model)
+        set_training_mode(net, recipe)
         optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
         for _ in range(recipe.accumulate):

@@ -272,9 +272,14 @@ class VOCDataset:
 
 
     def _load_maps(self, image_id):
-        import torch
+        return maps_to_scores(load_localization_map(self.maps_dir / f"{image_id}.npy"))
 
-        return torch.from_numpy(load_localization_map(self.maps_dir / f"{image_id}.npy").astype(np.float32) / 255.0)
+
+def maps_to_scores(maps):
+    """Stored uint8 localization maps as float32 scores in [0, 1] (a torch tensor), as stage 2 reads them."""
+    import torch
+
+    return torch.from_numpy(np.asarray(maps).astype(np.float32) / 255.0)
 
 
 def load_localization_map(path):
