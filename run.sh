@@ -8,7 +8,7 @@
 # Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
 #          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
 #          --seg none|v2|v3p|v2,v3p (segmentation networks trained on the pseudo labels, evaluated on val;
-#                demo default v2,v3p),
+#                demo default v2; v2,v3p adds DeepLab-V3+, about 10 more CPU minutes),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 #          Demo only: --variants LIST (stage-1 activations compared; default relu,learnable;
 #                     add a fixed delta such as 0.9 for the ablation),
@@ -117,7 +117,7 @@ if [ -z "$VOC_ROOT" ]; then
   ROOT=$OUT/VOC2012
   SIZE_ARGS=(--size 160 --scales 128 160 192)  # the VOC test size 320 and scales {256, 320, 384}, halved
   CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
-  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2,v3p}
+  V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2}
   V3P_PROTOCOLS=(full)  # the demo images are 160 px squares: crop-val at 160 would be the same images
   VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
