@@ -75,8 +75,9 @@ def test_plain_id_list_derives_labels_from_gt(parity_weights, parity_voc, tmp_pa
 
 
 def test_fixed_delta_checkpoint_without_delta_is_a_clear_error(parity_weights, parity_voc, tmp_path):
+    checkpoint = parity_weights("drs_cls_delta")
     result = run_cli("make_localization_maps.py", "--voc-root", parity_voc, "--list",
-                     parity_voc / "lists" / "val_cls.txt", "--checkpoint", parity_weights("drs_cls_delta"),
+                     parity_voc / "lists" / "val_cls.txt", "--checkpoint", checkpoint,
                      "--out", tmp_path / "maps", check=False)
     assert result.returncode != 0
-    assert "pass --delta" in result.stderr and "drs_cls_delta.pth" in result.stderr
+    assert "pass --delta" in result.stderr and checkpoint.name in result.stderr
