@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,8 +50,7 @@ def parse_args(argv=None):
 
 
 def stored_maps(maps_dir, image_id, size):
-    maps = voc.load_localization_map(Path(maps_dir) / f"{image_id}.npy")
-    maps = torch.from_numpy(maps.astype(np.float32) / 255.0)[None]
+    maps = voc.maps_to_scores(voc.load_localization_map(Path(maps_dir) / f"{image_id}.npy"))[None]
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)[0]
 
 
