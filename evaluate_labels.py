@@ -7,25 +7,23 @@ Label value 255 (ignore) is reported as coverage and scored twice: left out ("ig
 wrong. Writes ``scores.json`` and ``scores.md`` to ``--out``.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
-from utils import voc
+from utils import cli, voc
 from utils.io import atomic_write, save_json
 from utils.metrics import ConfusionMatrix, markdown_table
-from utils.seg_eval import label_file_pairs
+from utils.seg.evaluation import label_file_pairs
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.parser(__doc__)
     parser.add_argument("--voc-root", required=True)
     parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
     parser.add_argument("--labels", required=True, help="folder of <id>.png label maps")
     parser.add_argument("--gt-dir", default=voc.GT_DIR, help="GT folder under the VOC root")
     parser.add_argument("--out", required=True)
     parser.add_argument("--name", default=None)
-    return parser.parse_args(argv)
+    return parser
 
 
 def evaluate(voc_root, ids, labels_dir, gt_dir=voc.GT_DIR):
@@ -39,13 +37,9 @@ def evaluate(voc_root, ids, labels_dir, gt_dir=voc.GT_DIR):
             "ignored": matrix.scores(), "as_wrong": matrix.scores(unassigned_as_wrong=True)}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        ids = [i for i, _ in voc.read_list(args.list, voc_root=args.voc_root)]
-        results = {"labels": args.labels, "list": args.list, **evaluate(args.voc_root, ids, args.labels, args.gt_dir)}
-    except voc.DataError as error:
-        sys.exit(f"error: {error}")
+def run(args):
+    ids = [i for i, _ in voc.read_list(args.list, voc_root=args.voc_root)]
+    results = {"labels": args.labels, "list": args.list, **evaluate(args.voc_root, ids, args.labels, args.gt_dir)}
     name = args.name or Path(args.labels).name
     out = Path(args.out)
     save_json(out / "scores.json", results)
@@ -57,6 +51,10 @@ def main(argv=None):
           f"{100 * results['as_wrong']['mean_iou']:.1f} (255 wrong), coverage {100 * results['coverage']:.1f} % "
           f"-> {out / 'scores.md'}")
     return results
+
+
+def main(argv=None):
+    return cli.main(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Score localization maps against the GT on a list (reference §3.3 and the saliency-free CAM protocol).
+"""Score localization maps against the GT on a list (original §3.3 and the saliency-free CAM protocol).
 
 From stored maps (uint8 ``<id>.npy``, as make_localization_maps.py writes them)::
 
@@ -13,24 +13,22 @@ also reports the classification mAP), or from a refinement net (``--stage refine
 Writes ``scores.json`` and ``scores.md`` (per-class IoU, both protocols) to ``--out``.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from utils import checkpoints, voc
-from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam, multiscale_maps
+from utils import checkpoints, cli, voc
 from utils.distributed import inference_device
-from utils.evaluation import MapEvaluator, average_precision
 from utils.io import atomic_write, progress, save_json
 from utils.metrics import markdown_table
-from utils.transforms import eval_transform
+from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam, multiscale_maps
+from utils.wsss.evaluation import MapEvaluator, average_precision
+from utils.wsss.transforms import eval_transform
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.parser(__doc__)
     parser.add_argument("--voc-root", required=True)
     parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -44,9 +42,9 @@ def parse_args(argv=None):
     parser.add_argument("--delta", type=float, default=None, help="fixed-delta DRS value (original checkpoints)")
     parser.add_argument("--size", type=int, default=LOCALIZATION_SIZE, help="test size for --checkpoint")
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
-    parser.add_argument("--device", default="auto")
+    cli.add_device(parser)
     parser.add_argument("--num-workers", type=int, default=2)
-    return parser.parse_args(argv)
+    return parser
 
 
 def stored_maps(maps_dir, image_id, size):
@@ -119,12 +117,8 @@ def write_report(results, out_dir, name):
     atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    try:
-        results = evaluate(args)
-    except (voc.DataError, checkpoints.CheckpointError) as error:
-        sys.exit(f"error: {error}")
+def run(args):
+    results = evaluate(args)
     name = args.name or Path(args.maps or args.checkpoint).name
     write_report(results, args.out, name)
     summary = f"{name}: CAM-protocol mIoU {100 * results['cam_protocol']['mean_iou']:.1f}"
@@ -132,6 +126,10 @@ def main(argv=None):
         summary += f", DRS-protocol mIoU {100 * results['drs_protocol']['mean_iou']:.1f}"
     print(summary + f" -> {Path(args.out) / 'scores.md'}")
     return results
+
+
+def main(argv=None):
+    return cli.main(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

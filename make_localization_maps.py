@@ -1,4 +1,4 @@
-"""Multi-scale localization maps of a stage-1 classifier (reference §3.2).
+"""Multi-scale localization maps of a stage-1 classifier (original §3.2).
 
 Writes ``<out>/<id>.npy``: uint8 (20, S, S), S = the test size (320 for VOC), classes absent from the image
 all zero. Existing outputs are skipped, so an interrupted run resumes where it stopped.
@@ -7,20 +7,18 @@ all zero. Existing outputs are skipped, so an interrupted run resumes where it s
         --checkpoint checkpoints/DRS_learnable/best.pth --out VOC2012/localization_maps
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from utils import checkpoints, voc
-from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, write_localization_maps
+from utils import checkpoints, cli, voc
 from utils.distributed import inference_device
-from utils.transforms import eval_transform
+from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, write_localization_maps
+from utils.wsss.transforms import eval_transform
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.parser(__doc__)
     parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
     parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
     parser.add_argument("--checkpoint", required=True, help="our checkpoint or the released DRS_learnable.pth format")
@@ -30,28 +28,28 @@ def parse_args(argv=None):
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    return parser.parse_args(argv)
+    cli.add_device(parser)
+    return parser
+
+
+def run(args):
+    out_dir = Path(args.out) if args.out else Path(args.voc_root) / "localization_maps"
+    entries = voc.read_list(args.list, voc_root=args.voc_root)
+    device = inference_device(args.device)
+    model, model_args = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
+    todo = [e for e in entries if not (out_dir / f"{e[0]}.npy").exists()]
+    print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "
+          f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size})")
+    if todo:
+        dataset = voc.VOCDataset(args.voc_root, todo, eval_transform(args.size))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
+                                             collate_fn=voc.collate)
+        write_localization_maps(model, loader, out_dir, device, scales=args.scales)
+    return out_dir
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    out_dir = Path(args.out) if args.out else Path(args.voc_root) / "localization_maps"
-    try:
-        entries = voc.read_list(args.list, voc_root=args.voc_root)
-        device = inference_device(args.device)
-        model, model_args = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
-        todo = [e for e in entries if not (out_dir / f"{e[0]}.npy").exists()]
-        print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "
-              f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size})")
-        if todo:
-            dataset = voc.VOCDataset(args.voc_root, todo, eval_transform(args.size))
-            loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                                 collate_fn=voc.collate)
-            write_localization_maps(model, loader, out_dir, device, scales=args.scales)
-    except (voc.DataError, checkpoints.CheckpointError) as error:
-        sys.exit(f"error: {error}")
-    return out_dir
+    return cli.main(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

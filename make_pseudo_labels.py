@@ -1,4 +1,4 @@
-"""Stage 3: pseudo segmentation labels from the refined maps and saliency (reference §5).
+"""Stage 3: pseudo segmentation labels from the refined maps and saliency (original §5).
 
     python make_pseudo_labels.py --voc-root VOC2012 --list VOC2012/lists/train_aug_cls.txt \
         --checkpoint checkpoints/Refine_DRS_learnable/last.pth --out VOC2012/refined_pseudo_segmentation_labels
@@ -9,24 +9,22 @@ default): ``--stage cls`` (labels from the stage-1 classifier's maps), ``--no-sa
 (saliency-free labels), ``--crf`` (dense-CRF refinement, parallel over ``--jobs`` processes).
 """
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from utils import checkpoints, voc
-from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_maps
+from utils import checkpoints, cli, voc
 from utils.crf import CRFParams, crf_from_labels, run_parallel
 from utils.distributed import inference_device
 from utils.io import progress, save_label_png
-from utils.pseudo_labels import pseudo_label, threshold_label
-from utils.transforms import eval_transform
+from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_maps
+from utils.wsss.pseudo_labels import pseudo_label, threshold_label
+from utils.wsss.transforms import eval_transform
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser():
+    parser = cli.parser(__doc__)
     parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
     parser.add_argument("--list", required=True, help="'<id> <c1> ...' list or a plain id list")
     parser.add_argument("--checkpoint", required=True, help="refinement net (ours or Refine_DRS_learnable.pth format)")
@@ -43,8 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
-    return parser.parse_args(argv)
+    cli.add_device(parser)
+    return parser
 
 
 def build_score_fn(args, device):
@@ -87,25 +85,25 @@ def _crf_one(voc_root, raw_path, out_path):
     Path(raw_path).unlink()
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     out_dir = Path(args.out) if args.out else Path(args.voc_root) / "refined_pseudo_segmentation_labels"
-    try:
-        entries = voc.read_list(args.list, voc_root=args.voc_root)
-        todo = [e for e in entries if not (out_dir / f"{e[0]}.png").exists()]
-        print(f"pseudo labels: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, {len(todo)} to "
-              f"write ({args.stage} maps, {'no saliency' if args.no_saliency else 'saliency background'}"
-              f"{', dense CRF' if args.crf else ''})", flush=True)
-        raw_dir = out_dir / ".raw"
-        pending = [e for e in todo if not (raw_dir / f"{e[0]}.png").exists()]
-        if pending:
-            label_images(args, pending, out_dir, inference_device(args.device))
-        if args.crf and todo:
-            jobs = [(args.voc_root, raw_dir / f"{i}.png", out_dir / f"{i}.png") for i, _ in todo]
-            run_parallel(_crf_one, jobs, args.jobs)
-    except (voc.DataError, checkpoints.CheckpointError) as error:
-        sys.exit(f"error: {error}")
+    entries = voc.read_list(args.list, voc_root=args.voc_root)
+    todo = [e for e in entries if not (out_dir / f"{e[0]}.png").exists()]
+    print(f"pseudo labels: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, {len(todo)} to "
+          f"write ({args.stage} maps, {'no saliency' if args.no_saliency else 'saliency background'}"
+          f"{', dense CRF' if args.crf else ''})", flush=True)
+    raw_dir = out_dir / ".raw"
+    pending = [e for e in todo if not (raw_dir / f"{e[0]}.png").exists()]
+    if pending:
+        label_images(args, pending, out_dir, inference_device(args.device))
+    if args.crf and todo:
+        jobs = [(args.voc_root, raw_dir / f"{i}.png", out_dir / f"{i}.png") for i, _ in todo]
+        run_parallel(_crf_one, jobs, args.jobs)
     return out_dir
+
+
+def main(argv=None):
+    return cli.main(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -51,12 +51,14 @@ fi
 step() { printf '\n== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }  # time since start
 
 # Run a training script unless its output folder is marked done; an interrupted run resumes from last.pth.
+CURVES=()  # every training run of this invocation, drawn into training_curves.png at the end
 train() {  # script config voc_root out_dir [--set k=v ...]
   local script=$1 config=$2 root=$3 out=$4; shift 4
+  CURVES+=("${out#"$OUT"/}=$out")
   if [ -f "$out/done" ]; then echo "$out: trained, skipping"; return; fi
   local launcher=("$PY")
   [ "$GPUS" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node "$GPUS")
-  "${launcher[@]}" "$script" --config "$config" --voc-root "$root" --out-dir "$out" --device "$DEVICE" \
+  "${launcher[@]}" "$script" --config "$config" --voc-root "$root" --out "$out" --device "$DEVICE" \
     --resume auto "$@"
   touch "$out/done"
 }
@@ -74,9 +76,9 @@ variant_title() {
 # writes into $OUT itself; other seeds into $OUT/seed<N>. The comparison gives mean ± std over the seeds.
 demo_stage1() {
   step "class evidence per region: a probe CNN on single-object images"
-  $PY -m utils.demo_evidence --out "$OUT/eval/evidence"
+  $PY -m utils.demo.evidence --out "$OUT/eval/evidence"
   step "pre-training stand-in data: a disjoint synthetic set (seed 1)"
-  $PY -m utils.demo_data --out "$OUT/pretrain/VOC2012" --seed 1
+  $PY -m utils.demo.data --out "$OUT/pretrain/VOC2012" --seed 1
   local seed variant run rows=() pictures=()
   declare -A scores=()
   for seed in ${SEEDS//,/ }; do
@@ -98,9 +100,9 @@ demo_stage1() {
     rows+=("$(variant_title "$variant")=${scores[$variant]}")
   done
   step "stage 1 comparison (demo val images)"
-  $PY -m utils.report --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" \
+  $PY -m utils.reports.tables --out "$OUT/stage1_comparison.md" --title "Stage 1 on the demo: localization maps" \
     --note "$OUT/eval/evidence/evidence.md" "${rows[@]}"
-  $PY -m utils.visualize --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --out "$OUT/stage1_maps.png" \
+  $PY -m utils.reports.pictures --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --out "$OUT/stage1_maps.png" \
     "${SIZE_ARGS[@]}" "${pictures[@]}"
   # The paper's method feeds the next stages when it was run, else the last variant (docs/demo.md).
   variant=${VARIANTS##*,}
@@ -121,7 +123,7 @@ if [ -z "$VOC_ROOT" ]; then
   V3P_PROTOCOLS=(full)  # the demo images are 160 px squares: crop-val at 160 would be the same images
   VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
-  $PY -m utils.demo_data --out "$ROOT"
+  $PY -m utils.demo.data --out "$ROOT"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
   [ "$STAGE1_ONLY" = 1 ] && { step "stage 1 only: see $OUT/stage1_comparison.md"; exit 0; }
   REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
@@ -173,7 +175,7 @@ $PY evaluate_labels.py --voc-root "$ROOT" --list "$TRAIN_LIST" --labels "$LABELS
 reports+=("pseudo labels (with 255 ignore)=$OUT/eval/pseudo_labels/scores.json")
 
 step "stages 1-3 on the train images"
-$PY -m utils.report --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
+$PY -m utils.reports.tables --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
   "${reports[@]}"
 
 seg_rows=("pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json")
@@ -191,7 +193,7 @@ for net in ${SEG//,/ }; do
       ;;
     v3p)
       step "DeepLab-V3+ on the pseudo labels"
-      train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --label-dir "$(basename "$LABELS")"
+      train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --labels "$(basename "$LABELS")"
       for protocol in "${V3P_PROTOCOLS[@]}"; do
         extra=()
         [ "$protocol" = crop-val ] && extra=(--crop-val)
@@ -207,8 +209,12 @@ for net in ${SEG//,/ }; do
   esac
 done
 if [ ${#seg_rows[@]} -gt 1 ]; then
-  $PY -m utils.report --kind pipeline --out "$OUT/segmentation.md" \
+  $PY -m utils.reports.tables --kind pipeline --out "$OUT/segmentation.md" \
     --title "Segmentation networks (val) and their training labels" "${seg_rows[@]}"
-  $PY -m utils.visualize --voc-root "$ROOT" --list "$VAL_IDS" --out "$OUT/segmentation.png" "${seg_pictures[@]}"
+  $PY -m utils.reports.pictures --voc-root "$ROOT" --list "$VAL_IDS" --out "$OUT/segmentation.png" "${seg_pictures[@]}"
+fi
+if [ ${#CURVES[@]} -gt 0 ]; then
+  step "training curves"
+  $PY -m utils.reports.curves --out "$OUT/training_curves.png" "${CURVES[@]}"
 fi
 step "finished: reports in $OUT"

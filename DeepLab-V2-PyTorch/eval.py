@@ -16,13 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config  # noqa: E402
-from utils.seg_eval import caffe_input, crf_params_from_config, eval_inputs, eval_main, eval_parser, evaluate  # noqa: E402
+from utils.seg.evaluation import caffe_input, crf_params_from_config, eval_inputs, eval_main, eval_parser, evaluate  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
-
-
-def parse_args(argv=None):
-    return eval_parser(__doc__, DEFAULT_CONFIG, "DeepLab-V2").parse_args(argv)
 
 
 def settings(cfg):
@@ -58,7 +54,7 @@ def run(args):
 
 
 def main(argv=None):
-    return eval_main(run, parse_args(argv))
+    return eval_main(run, eval_parser(__doc__, DEFAULT_CONFIG, "DeepLab-V2"), argv)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,25 @@ SOLVER.ITER_SAVE iterations (``--resume auto`` continues from ``last.pth``), ``c
 """
 
 import sys
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from models.deeplab_v2 import deeplab_v2_msc  # noqa: E402
-from utils import checkpoints, voc  # noqa: E402
-from utils.seg_data import CaffeTrainTransform, bgr_mean  # noqa: E402
-from utils.seg_eval import validation_miou  # noqa: E402
-from utils.seg_training import deeplab_v2_recipe, entry_main, train_on_labels  # noqa: E402
+import models  # noqa: E402
+from utils import checkpoints, cli  # noqa: E402
+from utils.seg.data import CaffeTrainTransform, bgr_mean  # noqa: E402
+from utils.seg.evaluation import caffe_input  # noqa: E402
+from utils.seg.training import deeplab_v2_schedule, deeplab_v2_trainer, load_config, train_on_labels  # noqa: E402
 
 
 def build_model(cfg):
     m = cfg["MODEL"]
     args = {"n_classes": cfg["DATASET"]["N_CLASSES"], "n_blocks": list(m["N_BLOCKS"]),
             "atrous_rates": list(m["ATROUS_RATES"]), "width": float(m["WIDTH"]), "scales": list(m["MSC_SCALES"])}
-    model = deeplab_v2_msc(**args)
-    init = m.get("INIT_MODEL")
+    model = models.build("deeplab_v2", **args)
+    init = m["INIT_MODEL"]
     if init:
         path = Path(init) if Path(init).is_absolute() else REPO / init
         if not path.is_file():
@@ -36,34 +37,23 @@ def build_model(cfg):
     return model, args
 
 
-def validation(cfg):
-    """The optional in-training validation (VAL.EVERY > 0) on DATASET.SPLIT.VAL, against DATASET.VAL_LABELS."""
-    data = cfg["DATASET"]
-    if not cfg.get("VAL", {}).get("EVERY"):
-        return None
-    ids = [i for i, _ in voc.list_entries(data["ROOT"], data["SPLIT"]["VAL"])]
-    mean = [cfg["IMAGE"]["MEAN"][c] for c in "BGR"]
-
-    def validate(model):
-        device = next(model.parameters()).device
-        return validation_miou(model, data["ROOT"], ids, Path(data["ROOT"]) / data["VAL_LABELS"], mean, device)
-
-    return validate
-
-
-def run(cfg, args):
+def run(args):
+    cfg = load_config(args)
     data, solver = cfg["DATASET"], cfg["SOLVER"]
+    mean = bgr_mean(cfg["IMAGE"]["MEAN"])
     return train_on_labels(
-        cfg, args, name="DeepLab-V2", out_dir=Path(args.out_dir or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"]),
-        transform=CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], bgr_mean(cfg["IMAGE"]["MEAN"]),
+        cfg, args, name="DeepLab-V2", out_dir=Path(args.out or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"]),
+        transform=CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], mean,
                                       data["IGNORE_LABEL"]),
         batch=solver["BATCH_SIZE"]["TRAIN"], workers=cfg["DATALOADER"]["NUM_WORKERS"], build_model=build_model,
-        recipe=deeplab_v2_recipe, batch_text=f"{solver['BATCH_SIZE']['TRAIN']} x {solver['ITER_SIZE']} images",
-        validate_fn=validation(cfg))
+        make_trainer=deeplab_v2_trainer, make_schedule=deeplab_v2_schedule,
+        batch_text=f"{solver['BATCH_SIZE']['TRAIN']} x {solver['ITER_SIZE']} images",
+        load_input=partial(caffe_input, mean_bgr=mean))
 
 
 def main(argv=None):
-    return entry_main(run, argv, __doc__, REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml")
+    parser = cli.training_parser(__doc__, REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml", labels=True)
+    return cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":

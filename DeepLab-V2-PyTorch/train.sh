@@ -9,5 +9,5 @@ LOG_DIR=outputs/deeplab_v2/Deeplabv2_pseudo_segmentation_labels_2gpu
 GPUS=${GPUS:-2}
 torchrun --standalone --nproc_per_node "$GPUS" DeepLab-V2-PyTorch/train.py \
   --config DeepLab-V2-PyTorch/configs/voc12_2gpu.yaml --voc-root "$VOC_ROOT" --labels "$LABELS" \
-  --out-dir "$LOG_DIR" --resume auto
+  --out "$LOG_DIR" --resume auto
 bash DeepLab-V2-PyTorch/eval.sh "$VOC_ROOT" "$LOG_DIR/checkpoint_final.pth" "$LOG_DIR/eval"

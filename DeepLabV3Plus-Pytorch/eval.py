@@ -1,4 +1,4 @@
-"""Evaluate DeepLab-V3+ with and without dense CRF: the original's ``eval.py`` (reference §8.3).
+"""Evaluate DeepLab-V3+ with and without dense CRF: the original's ``eval.py`` (original §8.3).
 
     python DeepLabV3Plus-Pytorch/eval.py --voc-root /data/VOC2012 \
         --list /data/VOC2012/ImageSets/Segmentation/val.txt --checkpoint CKPT --out DIR --crop-val
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config, voc  # noqa: E402
-from utils.seg_eval import (  # noqa: E402
+from utils.seg.evaluation import (  # noqa: E402
     crf_params_from_config,
     crop_gt,
     eval_inputs,
@@ -35,10 +35,10 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc.yaml"
 PROTOCOL_FILE = "protocol.json"
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = eval_parser(__doc__, DEFAULT_CONFIG, "DeepLab-V3+")
     parser.add_argument("--crop-val", action="store_true", help="resize + centre crop to EVAL.CROP_SIZE (run.sh)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def settings(cfg):
@@ -88,7 +88,7 @@ def run(args):
 
 
 def main(argv=None):
-    return eval_main(run, parse_args(argv))
+    return eval_main(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ LABELS=${2:-refined_pseudo_segmentation_labels}
 OUT=outputs/deeplab_v3plus/voc
 GPUS=${GPUS:-2}
 torchrun --standalone --nproc_per_node "$GPUS" DeepLabV3Plus-Pytorch/main.py --voc-root "$VOC_ROOT" \
-  --label-dir "$LABELS" --out-dir "$OUT" --resume auto
+  --labels "$LABELS" --out "$OUT" --resume auto
 for protocol in crop-val full; do
   extra=()
   [ "$protocol" = crop-val ] && extra=(--crop-val)

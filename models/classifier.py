@@ -1,4 +1,4 @@
-"""Stage-1 classifier: VGG-16 D1 with DRS after every conv, a 3-conv head and a 1x1 class conv (reference §2.4-2.6).
+"""Stage-1 classifier: VGG-16 D1 with DRS after every conv, a 3-conv head and a 1x1 class conv (original §2.4-2.6).
 
 The 20-channel map before global average pooling is the class activation map (CAM) itself: there is no
 fully-connected layer to fold in.
@@ -62,7 +62,7 @@ class DRSClassifier(nn.Module):
         return self.class_maps(x).mean(dim=(2, 3))
 
     def parameter_groups(self, lr, multipliers=(1, 2, 10, 20)):
-        """The original's four SGD groups (reference §2.7): backbone weights x1, backbone biases x2,
+        """The original's four SGD groups (original §2.7): backbone weights x1, backbone biases x2,
         head weights and every DRS gate x10, head biases x20. A fifth multiplier (not in the original) moves the
         DRS gates into a group of their own."""
         groups = [[], [], [], [], []]

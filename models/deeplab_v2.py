@@ -1,4 +1,4 @@
-"""DeepLab-V2: Caffe-style ResNet-101 + ASPP, with the multi-scale (MSC) wrapper (reference §7.4).
+"""DeepLab-V2: Caffe-style ResNet-101 + ASPP, with the multi-scale (MSC) wrapper (original §7.4).
 
 Module names follow the released checkpoints (``base.layer2.block1.reduce.conv.weight``, ``base.aspp.c0``),
 so the COCO init file (no ``base.``) and the trained model (``base.*``) load by name.
@@ -85,12 +85,6 @@ class DeepLabV2(nn.Sequential):
         self.add_module("layer4", ResLayer(n_blocks[2], channels[2], channels[3], 1, 2))
         self.add_module("layer5", ResLayer(n_blocks[3], channels[3], channels[4], 1, 4))
         self.add_module("aspp", ASPP(channels[4], n_classes, atrous_rates))
-
-    def freeze_bn(self):
-        """Batch statistics are never updated: every BatchNorm runs in eval mode (call after ``train()``)."""
-        for module in self.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.eval()
 
 
 class MSC(nn.Module):

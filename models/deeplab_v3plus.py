@@ -1,4 +1,4 @@
-"""DeepLab-V3+ on torchvision's ResNet-101 (reference §8.2).
+"""DeepLab-V3+ on torchvision's ResNet-101 (original §8.2).
 
 Module names follow the released checkpoints (``backbone.layer1.0.conv1.weight``, ``classifier.aspp.convs.0.0``,
 ``classifier.project``, ``classifier.classifier``), so ``{'model_state': ...}`` files load strictly.

@@ -1,4 +1,4 @@
-"""Discriminative Region Suppression (reference §2.5).
+"""Discriminative Region Suppression (original §2.5).
 
 DRS replaces the ReLU after a conv: ``y = min(relu(x), g * max_hw(relu(x)))``. The per-image, per-channel
 spatial max is the "max extractor"; ``g`` is the "suppression controller", either a learned gate

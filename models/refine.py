@@ -1,4 +1,4 @@
-"""Stage-2 refinement network (reference §4.1): the VGG-16 D1 backbone with plain ReLUs, three 3x3 convs
+"""Stage-2 refinement network (original §4.1): the VGG-16 D1 backbone with plain ReLUs, three 3x3 convs
 and a 1x1 conv to the classes. It regresses the stage-1 localization maps; the output is unbounded (no
 final activation)."""
 

@@ -1,4 +1,4 @@
-"""VGG-16 "D1" backbone shared by the stage-1 classifier and the stage-2 refinement network (reference §2.4).
+"""VGG-16 "D1" backbone shared by the stage-1 classifier and the stage-2 refinement network (original §2.4).
 
 Layout ``[64,64,M,128,128,M,256,256,256,M,512,512,512,N,512,512,512]``: the 4th pool is 3x3 stride 1 (keeps
 the resolution), there is no 5th pool and conv5 is dilated by 2, so the output stride is 8. Module indices
@@ -13,7 +13,7 @@ from models.drs import make_activation
 D1_CONFIG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "N", 512, 512, 512)
 CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 POOL_INDICES = (4, 9, 16, 23)
-# The original names each conv twice: "features.N" and "layer{block}_conv{k}" (reference §2.9).
+# The original names each conv twice: "features.N" and "layer{block}_conv{k}" (original §2.9).
 BLOCK_NAMES = tuple(
     f"layer{block}_conv{k}" for block, count in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)) for k in range(1, count + 1)
 )

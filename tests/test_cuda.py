@@ -103,7 +103,7 @@ V3P_ARGS = [*V3P_SMALL, "--device", "cuda", "--set", "SOLVER.BATCH_SIZE=4", "--s
 def test_deeplab_v3plus_trains_on_cuda_with_amp(amp, parity_voc, tmp_path):
     out = tmp_path / "v3p"
     result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml",
-                     "--voc-root", parity_voc, "--out-dir", out, *V3P_ARGS, "--set", f"SOLVER.AMP={amp}")
+                     "--voc-root", parity_voc, "--out", out, *V3P_ARGS, "--set", f"SOLVER.AMP={amp}")
     assert "CUDA-only" not in result.stdout and "cuda" in result.stdout
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
               if json.loads(line).get("event") == "train"]
@@ -118,11 +118,11 @@ def test_deeplab_v3plus_trains_on_cuda_with_amp(amp, parity_voc, tmp_path):
 
 
 def test_deeplab_v2_and_classifier_train_on_cuda(parity_voc, tmp_path):
-    run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out-dir", tmp_path / "v2", "--device", "cuda",
+    run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out", tmp_path / "v2", "--device", "cuda",
             *V2_SMALL, "--set", "SOLVER.ITER_MAX=3", "--set", "SOLVER.ITER_SAVE=3")
     assert torch.load(tmp_path / "v2" / "checkpoint_final.pth", weights_only=True)["iteration"] == 3
     result = run_cli("train_cls.py", "--config", "configs/cls_demo.yaml", "--voc-root", parity_voc,
-                     "--out-dir", tmp_path / "cls", "--device", "cuda", "--no-progress", "--set", "data.num_workers=0",
+                     "--out", tmp_path / "cls", "--device", "cuda", "--no-progress", "--set", "data.num_workers=0",
                      "--set", "train.epochs=1")
     assert "cuda" in result.stdout
     model, args = checkpoints.load_classifier(tmp_path / "cls" / "last.pth")

@@ -14,8 +14,8 @@ from PIL import Image
 from models.deeplab_v2 import deeplab_v2_msc
 from tests.conftest import PARITY, REPO, run_cli
 from utils import checkpoints
-from utils.seg_data import CaffeTrainTransform
-from utils.seg_training import parameter_groups, poly_lr, segmentation_loss
+from utils.seg.data import CaffeTrainTransform
+from utils.seg.training import parameter_groups, poly_lr, segmentation_loss
 
 TINY = ["--set", "MODEL.N_BLOCKS=[1,1,1,1]", "--set", "MODEL.WIDTH=0.125", "--set", "SOLVER.BATCH_SIZE.TRAIN=2",
         "--set", "DATALOADER.NUM_WORKERS=0", "--set", "IMAGE.SIZE.TRAIN=65", "--no-progress",
@@ -94,7 +94,7 @@ def test_self_training_term_adds_to_the_plain_loss():
 
 def test_training_keeps_batchnorm_frozen_and_resumes(parity_voc, tmp_path):
     out = tmp_path / "v2"
-    run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out-dir", out, *SMALL,
+    run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out", out, *SMALL,
             "--set", "SOLVER.ITER_MAX=2", "--set", "SOLVER.ITER_SAVE=1")
     first = torch.load(out / "checkpoint_1.pth", weights_only=True)["model"]
     final = torch.load(out / "checkpoint_final.pth", weights_only=True)
@@ -105,7 +105,7 @@ def test_training_keeps_batchnorm_frozen_and_resumes(parity_voc, tmp_path):
         if ".bn." in key:  # statistics and affine parameters never move
             torch.testing.assert_close(value, fresh[key])
     assert not torch.equal(final["model"]["base.aspp.c0.weight"], first["base.aspp.c0.weight"])
-    result = run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out-dir", out, *SMALL,
+    result = run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out", out, *SMALL,
                      "--set", "SOLVER.ITER_MAX=3", "--set", "SOLVER.ITER_SAVE=1", "--resume", "auto")
     assert "after iteration 2" in result.stdout
     assert torch.load(out / "checkpoint_final.pth", weights_only=True)["iteration"] == 3
@@ -114,7 +114,7 @@ def test_training_keeps_batchnorm_frozen_and_resumes(parity_voc, tmp_path):
 
 
 def test_missing_coco_init_says_where_to_put_it(parity_voc, tmp_path):
-    result = run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out-dir", tmp_path / "x", *TINY,
+    result = run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out", tmp_path / "x", *TINY,
                      "--set", f"MODEL.INIT_MODEL={tmp_path / 'nowhere.pth'}", check=False)
     assert result.returncode != 0 and "nowhere.pth not found" in result.stderr and "Traceback" not in result.stderr
 
@@ -123,7 +123,7 @@ def test_two_process_torchrun_smoke(parity_voc, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "DeepLab-V2-PyTorch/train.py", "--voc-root", str(parity_voc), "--out-dir", str(out), *SMALL,
+           "DeepLab-V2-PyTorch/train.py", "--voc-root", str(parity_voc), "--out", str(out), *SMALL,
            "--set", "SOLVER.ITER_MAX=2", "--set", "SOLVER.ITER_SAVE=2"]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

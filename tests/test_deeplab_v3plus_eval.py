@@ -32,7 +32,7 @@ def read_png(path):
 
 
 def reference_gt(voc_root, image_id, protocol):
-    """The GT the original scores against, derived here independently of utils.seg_eval."""
+    """The GT the original scores against, derived here independently of utils.seg.evaluation."""
     gt = Image.open(voc_root / "SegmentationClass" / f"{image_id}.png")
     if protocol == "crop_val":
         width, height = gt.size

@@ -13,10 +13,10 @@ import torchvision
 
 from models.deeplab_v3plus import DeepLabV3Plus, ResNetFeatures
 from tests.conftest import PARITY, REPO, run_cli
-from utils.seg_data import ImageNetTrainTransform
-from utils.seg_training import deeplab_v3plus_groups, poly_lr_min
+from utils.seg.data import ImageNetTrainTransform
+from utils.seg.training import deeplab_v3plus_groups, poly_lr_min
 
-SMALL = ["--label-dir", "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50", "--set", "MODEL.WIDTH=16",
+SMALL = ["--labels", "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50", "--set", "MODEL.WIDTH=16",
          "--set", "MODEL.PRETRAINED=false", "--set", "SOLVER.BATCH_SIZE=2", "--set", "SOLVER.NUM_WORKERS=0",
          "--set", "DATASET.CROP_SIZE=65", "--set", "SOLVER.ITER_MAX=2", "--set", "SOLVER.ITER_SAVE=2"]
 
@@ -77,7 +77,7 @@ def test_poly_lr_with_floor_matches_original():
 def test_cpu_training_of_the_demo_config_skips_amp_and_writes_the_final_checkpoint(parity_voc, tmp_path):
     out = tmp_path / "v3p"
     result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml",
-                     "--voc-root", parity_voc, "--out-dir", out, *SMALL)
+                     "--voc-root", parity_voc, "--out", out, *SMALL)
     assert "AMP (bf16) is CUDA-only" in result.stdout
     final = torch.load(out / "checkpoint_final.pth", weights_only=True)
     assert final["kind"] == "deeplab_v3plus" and final["iteration"] == 2
@@ -91,7 +91,7 @@ def test_two_process_torchrun_with_synchronised_bn(parity_voc, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "DeepLabV3Plus-Pytorch/main.py", "--voc-root", str(parity_voc), "--out-dir", str(out), *SMALL]
+           "DeepLabV3Plus-Pytorch/main.py", "--voc-root", str(parity_voc), "--out", str(out), *SMALL]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on 2 process(es), cpu, synchronised BN" in result.stdout
@@ -100,7 +100,7 @@ def test_two_process_torchrun_with_synchronised_bn(parity_voc, tmp_path):
 
 
 def test_imagenet_weights_for_a_narrow_network_are_a_one_line_error(parity_voc, tmp_path):
-    result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--voc-root", parity_voc, "--out-dir", tmp_path / "out", *SMALL,
+    result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--voc-root", parity_voc, "--out", tmp_path / "out", *SMALL,
                      "--set", "MODEL.PRETRAINED=true", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "MODEL.PRETRAINED needs the ImageNet ResNet's shape" in result.stderr + result.stdout

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from utils import demo_data
-from utils.demo_data import BODY, DEMO_CLASSES, PART, PART_DIR, generate
+from utils.demo import data as demo_data
+from utils.demo.data import BODY, DEMO_CLASSES, PART, PART_DIR, generate
 from utils.io import voc_palette
 from utils.voc import (
     GT_DIR,

@@ -20,15 +20,15 @@ def region_scores(voc_root, checkpoint, out):
 
 def test_drs_moves_cams_from_parts_to_bodies(tmp_path):
     pretrain_root, demo_root = tmp_path / "pretrain" / "VOC2012", tmp_path / "demo" / "VOC2012"
-    run_cli("-m", "utils.demo_data", "--out", pretrain_root, "--seed", "1")
-    run_cli("-m", "utils.demo_data", "--out", demo_root)
+    run_cli("-m", "utils.demo.data", "--out", pretrain_root, "--seed", "1")
+    run_cli("-m", "utils.demo.data", "--out", demo_root)
     common = ["--no-progress"]  # validation as in run.sh too: its loaders draw from the RNG the training uses
     run_cli("train_cls.py", "--config", "configs/cls_demo_pretrain.yaml", "--voc-root", pretrain_root,
-            "--out-dir", tmp_path / "pre", *common)
+            "--out", tmp_path / "pre", *common)
     results = {}
     for variant in ("relu", "learnable"):
         run_cli("train_cls.py", "--config", "configs/cls_demo.yaml", "--voc-root", demo_root,
-                "--out-dir", tmp_path / variant, "--set", f"model.drs={variant}",
+                "--out", tmp_path / variant, "--set", f"model.drs={variant}",
                 "--set", f"model.init_from={tmp_path / 'pre' / 'last.pth'}", *common)
         results[variant] = region_scores(demo_root, tmp_path / variant / "last.pth", tmp_path / f"eval_{variant}")
     plain, drs = results["relu"], results["learnable"]

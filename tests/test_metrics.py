@@ -52,7 +52,7 @@ def test_markdown_table_lists_every_class_and_the_mean():
 
 
 def test_map_evaluator_reports_where_each_region_falls_short():
-    from utils.evaluation import MapEvaluator
+    from utils.wsss.evaluation import MapEvaluator
 
     gt = np.zeros((4, 4), np.uint8)
     gt[:, 2:] = 3  # class 2 (0-based) on the right half

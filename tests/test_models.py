@@ -57,7 +57,7 @@ def test_full_size_parameter_count_and_groups_match_the_original():
     assert [len(g["params"]) for g in groups] == [13, 13, 20, 4]
     assert [g["lr"] for g in groups] == pytest.approx([1e-3, 2e-3, 1e-2, 2e-2])
     gates = {id(m.fc[0].weight) for m in model.modules() if isinstance(m, LearnableDRS)}
-    assert gates <= {id(p) for p in groups[2]["params"]}  # every DRS gate in the x10 group (reference §2.7)
+    assert gates <= {id(p) for p in groups[2]["params"]}  # every DRS gate in the x10 group (original §2.7)
     backbone = {id(c.weight) for c in model.backbone.convs()}
     assert backbone == {id(p) for p in groups[0]["params"]}
 

@@ -6,8 +6,8 @@ import torch
 
 from tests.conftest import PARITY, run_cli
 from utils import checkpoints, voc
-from utils.cam import normalized_cam
-from utils.transforms import eval_transform
+from utils.wsss.cam import normalized_cam
+from utils.wsss.transforms import eval_transform
 
 EXPECTED = PARITY / "expected"
 

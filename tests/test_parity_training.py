@@ -2,9 +2,10 @@
 
 For every ``I_<trainer>_s<seed>.json`` in the fixture folder (``tests/fixtures/parity/expected``, or the folder
 named by ``DRS_PARITY_EXPECTED``), the model is loaded from the ``make_weights.py`` checkpoint of that seed with
-the loader users use, and the optimizer, parameter groups, loss and training mode come from the functions the
-training scripts call, with the VOC configs' values. Every step's loss and every parameter's update
-``w_K - w_0`` (its norm and 64 sampled entries) must match the original's.
+the loader users use, and the optimizer, parameter groups, loss, training mode and first lr come from the
+:class:`utils.engine.Trainer` and schedule the training scripts build, with the VOC configs' values. Every
+step's loss and every parameter's update ``w_K - w_0`` (its norm and 64 sampled entries) must match the
+original's.
 """
 
 import json
@@ -21,9 +22,14 @@ import train_cls
 import train_refine
 from tests.conftest import PARITY, REPO
 from utils import checkpoints, config, voc
-from utils.pseudo_labels import top_class_target
-from utils.seg_training import deeplab_v2_recipe, deeplab_v3plus_recipe, make_optimizer, set_training_mode
-from utils.training import epoch_lr_factor, set_lr
+from utils.seg.training import (
+    deeplab_v2_schedule,
+    deeplab_v2_trainer,
+    deeplab_v3plus_schedule,
+    deeplab_v3plus_trainer,
+)
+from utils.wsss.pseudo_labels import top_class_target
+from utils.wsss.training import epoch_schedule
 
 EXPECTED = Path(os.environ.get("DRS_PARITY_EXPECTED", PARITY / "expected"))
 FIXTURE_NAME = re.compile(r"I_(?P<trainer>[a-z0-9]+)_s(?P<seed>\d+)\.json")
@@ -43,72 +49,59 @@ def double_batch(npz):
             for k in npz.files}
 
 
-def stage1(weights, batch, steps):
+def first_update_lr(trainer, schedule):
+    """The lr of every group at the first update, as the engine sets it."""
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = schedule.lr_at(group["base_lr"], 0)
+    return trainer
+
+
+def stage1(weights, batch):
     cfg = config.load(REPO / "configs" / "cls_voc.yaml")
-    model, _ = checkpoints.load_classifier(weights)
-    model.double()
-    optimizer = train_cls.make_optimizer(model, cfg["train"])
-    set_lr(optimizer, epoch_lr_factor(1, cfg["train"]))  # as the first epoch of fit()
-
-    def step():
-        model.train()
-        return train_cls.classification_loss(model, batch["images"], batch["labels"])
-
-    return model, optimizer, step, checkpoints.ours_to_released_vgg
+    model, margs = checkpoints.load_classifier(weights)
+    trainer = train_cls.make_trainer(cfg, model.double(), margs)
+    return first_update_lr(trainer, epoch_schedule(cfg, 1)), {"image": batch["images"], "classes": batch["labels"]}
 
 
-def refine(weights, batch, steps):
+def refine(weights, batch):
     cfg = config.load(REPO / "configs" / "refine_voc.yaml")
-    model, _ = checkpoints.load_refiner(weights)
-    model.double()
-    optimizer = train_refine.make_optimizer(model, cfg["train"])
-    set_lr(optimizer, epoch_lr_factor(1, cfg["train"]))
+    model, margs = checkpoints.load_refiner(weights)
+    trainer = train_refine.make_trainer(cfg, model.double(), margs)
     maps = voc.maps_to_scores(batch["maps_uint8"].numpy())  # what the stage-2 dataset yields
     np.testing.assert_array_equal(top_class_target(maps).numpy(), batch["target"].float().numpy())
-
-    def step():
-        model.train()
-        return train_refine.refinement_loss(model, batch["images"], maps.double())
-
-    return model, optimizer, step, checkpoints.ours_to_released_vgg
+    return first_update_lr(trainer, epoch_schedule(cfg, 1)), {"image": batch["images"], "maps": maps.double()}
 
 
-def deeplab_v2(weights, batch, steps):
+def deeplab_v2(weights, batch):
     # the recipe's lr / 100: the fixture's random weights diverge at the VOC lr (fixture README, section 6)
     cfg = config.load(REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml", ["SOLVER.LR=2.5e-6"])
-    model, _ = checkpoints.load_deeplab_v2(weights)
+    model, margs = checkpoints.load_deeplab_v2(weights)
     assert list(model.scales) == list(cfg["MODEL"]["MSC_SCALES"])
-    model.double()
-    recipe = deeplab_v2_recipe(cfg, model)
-    optimizer = make_optimizer(recipe)
-    targets = {"label": batch["gt"], "classes": batch["cls_labels"]}
-
-    def step():
-        set_training_mode(model, recipe)
-        return recipe.loss(model(batch["images"]), targets)
-
-    return model, optimizer, step, dict
+    trainer = deeplab_v2_trainer(cfg, model.double(), margs)
+    return (first_update_lr(trainer, deeplab_v2_schedule(cfg)),
+            {"image": batch["images"], "label": batch["gt"], "classes": batch["cls_labels"]})
 
 
-def deeplab_v3plus(weights, batch, steps):
+def deeplab_v3plus(weights, batch):
     cfg = config.load(REPO / "DeepLabV3Plus-Pytorch" / "configs" / "voc.yaml")
-    model, _ = checkpoints.load_deeplab_v3plus(weights)
+    model, margs = checkpoints.load_deeplab_v3plus(weights)
     model.set_backbone_bn_momentum(cfg["MODEL"]["BACKBONE_BN_MOMENTUM"])  # as main.py's build_model
-    model.double()
-    recipe = deeplab_v3plus_recipe(cfg, model)
-    optimizer = make_optimizer(recipe)
+    trainer = deeplab_v3plus_trainer(cfg, model.double(), margs)
+    train_mode = trainer.train_mode
 
-    def step():
-        set_training_mode(model, recipe)
-        for module in model.modules():  # the fixture's one change to training: a deterministic step
+    def deterministic_train_mode(net):  # the fixture's one change to training: dropout off
+        train_mode(net)
+        for module in net.modules():
             if isinstance(module, nn.Dropout):
                 module.eval()
-        return recipe.loss(model(batch["images"]), {"label": batch["gt"]})
 
-    return model, optimizer, step, dict
+    trainer.train_mode = deterministic_train_mode
+    return first_update_lr(trainer, deeplab_v3plus_schedule(cfg)), {"image": batch["images"], "label": batch["gt"]}
 
 
 TRAINERS = {"stage1": stage1, "refine": refine, "v2": deeplab_v2, "v3p": deeplab_v3plus}
+RELEASED_NAMES = {"stage1": checkpoints.ours_to_released_vgg, "refine": checkpoints.ours_to_released_vgg,
+                  "v2": dict, "v3p": dict}
 
 
 def check_updates(expected, updates):
@@ -135,12 +128,14 @@ def test_training_steps_match_original(parity_weights, fixture):
     batch = double_batch(np.load(EXPECTED / fixture.replace(".json", "_batch.npz")))
 
     torch.manual_seed(seed)
-    model, optimizer, step, released_names = TRAINERS[trainer](parity_weights(SPECS[trainer], seed), batch, steps)
+    job, inputs = TRAINERS[trainer](parity_weights(SPECS[trainer], seed), batch)
+    model, optimizer = job.model, job.optimizer
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     losses = []
-    for _ in range(steps):
-        loss = step()
+    for _ in range(steps):  # one engine update each (the lr of the first update throughout, as the fixture)
+        job.train_mode(model)
         optimizer.zero_grad(set_to_none=True)
+        loss = job.loss(model, inputs)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -150,7 +145,7 @@ def test_training_steps_match_original(parity_weights, fixture):
     # so a parameter counts as matched when any of its names is in the fixture
     updates = {}
     for name, param in model.named_parameters():
-        names = released_names({name: param.detach() - initial[name]})
+        names = RELEASED_NAMES[trainer]({name: param.detach() - initial[name]})
         known = {k: v for k, v in names.items() if k in record["params"]}
         assert known, f"our parameter {name} ({sorted(names)}) is not in the fixture"
         updates.update(known)

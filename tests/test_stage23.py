@@ -9,10 +9,10 @@ from PIL import Image
 
 from tests.conftest import PARITY, run_cli
 from utils import checkpoints, voc
-from utils.cam import multiscale_maps
 from utils.io import save_label_png, voc_palette
-from utils.pseudo_labels import pseudo_label, threshold_label, top_class_target
-from utils.transforms import eval_transform
+from utils.wsss.cam import multiscale_maps
+from utils.wsss.pseudo_labels import pseudo_label, threshold_label, top_class_target
+from utils.wsss.transforms import eval_transform
 
 EXPECTED = PARITY / "expected"
 
@@ -122,8 +122,8 @@ def test_refine_training_run_resume_and_wrong_maps(parity_weights, parity_voc, t
             "--set", f"data.maps_dir={maps}", "--set", "data.size=64", "--set", "data.num_workers=0",
             "--set", "data.val_list=lists/val_cls.txt", "--set", "val.every=1"]
     out = tmp_path / "refine"
-    run_cli(*args, "--out-dir", out, "--set", "train.epochs=1")
-    result = run_cli(*args, "--out-dir", out, "--set", "train.epochs=2", "--resume", "auto")
+    run_cli(*args, "--out", out, "--set", "train.epochs=1")
+    result = run_cli(*args, "--out", out, "--set", "train.epochs=2", "--resume", "auto")
     assert "after epoch 1" in result.stdout and "epoch 2: train_loss" in result.stdout
     state = torch.load(out / "last.pth", weights_only=True)
     assert state["kind"] == "refine" and "val_miou" in state["metrics"]
@@ -132,7 +132,7 @@ def test_refine_training_run_resume_and_wrong_maps(parity_weights, parity_voc, t
     with pytest.raises(checkpoints.CheckpointError, match="not a stage-1 classifier"):
         checkpoints.load_classifier(out / "last.pth")
     # maps made at another size than the training size: a clear error naming the file
-    bad = run_cli(*args, "--out-dir", tmp_path / "bad", "--set", "data.size=96", check=False)
+    bad = run_cli(*args, "--out", tmp_path / "bad", "--set", "data.size=96", check=False)
     assert bad.returncode != 0 and "regenerate the maps" in bad.stderr
 
 

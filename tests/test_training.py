@@ -13,7 +13,7 @@ from models.classifier import DRSClassifier
 from models.vgg import fold_batch_norm
 from tests.conftest import PARITY, REPO, run_cli
 from utils import checkpoints, config
-from utils.training import build_optimizer, epoch_lr_factor, set_lr
+from utils.wsss.training import build_optimizer, epoch_lr_factor, set_lr
 
 
 def test_classifier_lr_schedule_matches_original():
@@ -49,7 +49,7 @@ def test_cosine_schedule_starts_at_base_and_decays():
 
 
 def train_args(voc_root, out, *extra):
-    return ["train_cls.py", "--config", "configs/cls_demo.yaml", "--voc-root", voc_root, "--out-dir", out,
+    return ["train_cls.py", "--config", "configs/cls_demo.yaml", "--voc-root", voc_root, "--out", out,
             "--no-progress", "--set", "data.num_workers=0", "--set", "data.val_list=lists/val_cls.txt",
             "--set", "val.every=1", *extra]
 

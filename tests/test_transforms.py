@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.transforms import (
+from utils.wsss.transforms import (
     ColorJitter,
     RandomCrop,
     RandomHorizontalFlip,

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from utils import voc
-from utils.transforms import eval_transform
+from utils.wsss.transforms import eval_transform
 
 
 def test_read_list_original_format_and_plain_ids(parity_voc):

@@ -1,4 +1,4 @@
-"""Checkpoints: our own format and the original (released) DRS formats (reference §2.8, §2.9, §10).
+"""Checkpoints: our own format and the original (released) DRS formats (original §2.8, §2.9, §10).
 
 Our format is a dict of plain Python types and tensors, loadable with ``torch.load(weights_only=True)``::
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import models
 from models.vgg import BLOCK_NAMES, CONV_INDICES
+from utils.errors import UserError
 from utils.io import atomic_write
 
 FORMAT_TAG = "drs-reimpl-1"
@@ -28,7 +30,7 @@ _NUMPY_SCALAR_GLOBALS = [
 ]
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable or of the wrong kind; the message names the file."""
 
 
@@ -144,8 +146,6 @@ def load_classifier(path, delta=None, map_location="cpu"):
     For an original checkpoint the DRS variant is read from the keys: gates present → learnable; no gates →
     a fixed-delta network, whose delta is not stored in the file and must be given.
     """
-    from models.classifier import DRSClassifier
-
     ours = _ours(load_file(path), "classifier", path, "a stage-1 classifier")
     if ours:
         args, state = ours
@@ -165,13 +165,11 @@ def load_classifier(path, delta=None, map_location="cpu"):
                 f"{path} is a fixed-delta DRS checkpoint (no gate weights); its delta is not stored: pass --delta"
             )
         args = {"num_classes": state["extra_conv4.weight"].shape[0], "drs": drs, "width": vgg_width(state)}
-    return _build(DRSClassifier, _no_download(args), state, path, map_location)
+    return _build("classifier", _no_download(args), state, path, map_location, "DRSClassifier")
 
 
 def load_refiner(path, map_location="cpu"):
     """Build a :class:`RefineNet` from our checkpoint or an original ``Refine_DRS_learnable.pth``."""
-    from models.refine import RefineNet
-
     ours = _ours(load_file(path), "refine", path, "a stage-2 refinement network")
     if ours:
         args, state = ours
@@ -182,7 +180,7 @@ def load_refiner(path, map_location="cpu"):
         if "extra_conv4.weight" not in state:
             raise CheckpointError(f"{path}: no extra_conv4; not a refinement network checkpoint")
         args = {"num_classes": state["extra_conv4.weight"].shape[0], "width": vgg_width(state)}
-    return _build(RefineNet, _no_download(args), state, path, map_location)
+    return _build("refine", _no_download(args), state, path, map_location, "RefineNet")
 
 
 def _ours(checkpoint, kind, path, what):
@@ -201,15 +199,16 @@ def _no_download(args):
     return args
 
 
-def _build(factory, args, state, path, map_location, name=None):
-    """``factory(**args)`` loaded strictly from ``state``; a mismatch is one CheckpointError naming the keys."""
+def _build(kind, args, state, path, map_location, name):
+    """``models.build(kind, **args)`` loaded strictly from ``state``; a mismatch is one CheckpointError naming
+    the keys."""
     try:
-        model = factory(**args)
+        model = models.build(kind, **args)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, KeyError) as error:
         lines = str(error).splitlines()  # a strict-load error names the model first, the offending keys next
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{path} does not fit {name or factory.__name__} {args}: {detail}") from None
+        raise CheckpointError(f"{path} does not fit {name} {args}: {detail}") from None
     return model.to(map_location), args
 
 
@@ -227,8 +226,6 @@ def _resnet_blocks(state, prefix):
 def load_deeplab_v2(path, map_location="cpu"):
     """Build the MSC DeepLab-V2 from our checkpoint or a released ``base.*`` state dict
     (``Deeplabv2_pseudo_segmentation_labels.pth``); returns ``(model, model_args)``."""
-    from models.deeplab_v2 import deeplab_v2_msc
-
     checkpoint = load_file(path)
     ours = _ours(checkpoint, "deeplab_v2", path, "DeepLab-V2")
     if ours:
@@ -242,12 +239,12 @@ def load_deeplab_v2(path, map_location="cpu"):
         rates = (6, 12, 18, 24)[:branches]  # dilation is not stored; the released model uses ASPP-L
         args = {"n_classes": state["base.aspp.c0.weight"].shape[0], "n_blocks": _resnet_blocks(state, "base."),
                 "atrous_rates": rates, "width": state["base.layer1.conv1.conv.weight"].shape[0] / 64.0}
-    return _build(deeplab_v2_msc, args, state, path, map_location, "DeepLab-V2")
+    return _build("deeplab_v2", args, state, path, map_location, "DeepLab-V2")
 
 
 def load_coco_init(base, path):
     """Initialise a :class:`DeepLabV2` (the ``base`` of MSC) from ``deeplabv1_resnet101-coco.pth``: every
-    ResNet key must be used; ``fc.*`` is ignored and ASPP keeps its N(0, 0.01) init (reference §10(d))."""
+    ResNet key must be used; ``fc.*`` is ignored and ASPP keeps its N(0, 0.01) init (original §10(d))."""
     state = load_file(path)
     if not isinstance(state, dict) or "layer1.conv1.conv.weight" not in state:
         raise CheckpointError(f"{path}: no layer1.conv1.conv.weight; not a DeepLab COCO init file")
@@ -293,8 +290,6 @@ def load_deeplab_v3plus(path, map_location="cpu", released_args=None):
     ``released_args`` (e.g. ``{"output_stride": 16, "separable": False}``, the defaults); classes and depth are
     read from the keys.
     """
-    from models.deeplab_v3plus import DeepLabV3Plus
-
     checkpoint = load_file(path)
     ours = _ours(checkpoint, "deeplab_v3plus", path, "DeepLab-V3+")
     if ours:
@@ -304,4 +299,4 @@ def load_deeplab_v3plus(path, map_location="cpu", released_args=None):
         args = {"num_classes": state[_V3PLUS_CLASS_CONV].shape[0], "depth": _deeplab_v3plus_depth(state, path),
                 "output_stride": 16, "separable": False, **(released_args or {})}
     args.pop("weights", None)  # never download ImageNet weights: the checkpoint overwrites them all
-    return _build(DeepLabV3Plus, args, state, path, map_location, "DeepLab-V3+")
+    return _build("deeplab_v3plus", args, state, path, map_location, "DeepLab-V3+")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import yaml
 
+from utils.errors import UserError
 
-class ConfigError(Exception):
+
+class ConfigError(UserError):
     pass
 
 

@@ -1,6 +1,6 @@
 """Dense CRF (pydensecrf2, imported as ``pydensecrf``) and a process pool to run it over many images.
 
-The DeepLab evaluation parameters (reference §7.6) are the defaults: 10 mean-field iterations, a Gaussian
+The DeepLab evaluation parameters (original §7.6) are the defaults: 10 mean-field iterations, a Gaussian
 kernel (sxy 1, compat 3) and a bilateral kernel (sxy 67, srgb 3, compat 4).
 """
 

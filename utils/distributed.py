@@ -3,17 +3,27 @@
 import gc
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from utils.config import ConfigError
 
 
 def resolve_device(name=None):
     """``"auto"``/None → CUDA when available, else CPU; otherwise the device named."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} requested but CUDA is not available")
+        raise ConfigError(f"device {name} requested but CUDA is not available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 
@@ -28,6 +38,11 @@ def inference_device(name=None):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return device
+
+
+def shard(items, runtime):
+    """This process's share of an evaluation list (every ``world_size``-th item from its rank)."""
+    return list(items)[runtime.rank::runtime.world_size]
 
 
 class Runtime:
@@ -58,6 +73,22 @@ class Runtime:
         if self.distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
+
+    def gather(self, obj):
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if not self.distributed:
+            return [obj]
+        objects = [None] * self.world_size
+        dist.all_gather_object(objects, obj)
+        return objects
+
+    def sum(self, array):
+        """``array`` (NumPy) summed over the processes; float64 or int64, as given."""
+        if not self.distributed:
+            return array
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.numpy()
 
     def close(self):
         """Leave the process group once every rank is done. Call it after the DDP model is gone: collectives

@@ -1,4 +1,4 @@
-"""Segmentation metrics on a 21x21 confusion matrix (reference §6, parity fixture G).
+"""Segmentation metrics on a 21x21 confusion matrix (original §6, parity fixture G).
 
 ``hist[gt, pred]`` accumulates pixels whose GT is a class (0..20); GT 255 is ignored. Two means exist in the
 original code and both are reported:
@@ -32,6 +32,11 @@ class ConfusionMatrix:
         pred_ok = valid & (pred >= 0) & (pred < n)
         self.hist += np.bincount(n * gt[pred_ok] + pred[pred_ok], minlength=n * n).reshape(n, n)
         self.unassigned += np.bincount(gt[valid & ~pred_ok], minlength=n)
+        return self
+
+    def reduce(self, runtime):
+        """Sum this matrix over the processes of ``runtime`` (a :class:`utils.distributed.Runtime`), in place."""
+        self.hist, self.unassigned = runtime.sum(self.hist), runtime.sum(self.unassigned)
         return self
 
     def merge(self, other):

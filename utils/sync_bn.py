@@ -50,13 +50,17 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
 
 
 def convert_sync_batchnorm(module):
-    """Replace every ``BatchNorm2d`` of ``module`` by a :class:`SyncBatchNorm2d` with the same state."""
+    """Replace every ``BatchNorm2d`` of ``module`` by a :class:`SyncBatchNorm2d` with the same state. The
+    affine parameters are the same objects, so an optimizer built before the conversion still updates them."""
     if isinstance(module, nn.BatchNorm2d) and not isinstance(module, SyncBatchNorm2d):
         synced = SyncBatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
                                  module.track_running_stats)
         synced.load_state_dict(module.state_dict())
+        synced = synced.to(next(iter(module.state_dict().values())).device)
+        if module.affine:
+            synced.weight, synced.bias = module.weight, module.bias
         synced.train(module.training)
-        return synced.to(next(iter(module.state_dict().values())).device)
+        return synced
     for name, child in module.named_children():
         setattr(module, name, convert_sync_batchnorm(child))
     return module

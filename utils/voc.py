@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012 layout (reference §2.1, §9): paths, image-level label lists, file loaders, datasets.
+"""PASCAL VOC 2012 layout (original §2.1, §9): paths, image-level label lists, file loaders, datasets.
 
 Layout under ``voc_root`` (the ``VOC2012`` folder itself)::
 
@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from utils.errors import UserError
+
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -21,7 +23,7 @@ CLASS_NAMES = (
 NUM_CLASSES = len(CLASS_NAMES)  # foreground classes; segmentation adds background as class 0
 SEG_CLASS_NAMES = ("background",) + CLASS_NAMES
 IGNORE_LABEL = 255
-SALIENCY_THRESHOLD = 50  # salient iff value > 50 (reference §2.3)
+SALIENCY_THRESHOLD = 50  # salient iff value > 50 (original §2.3)
 
 IMAGE_DIR = "JPEGImages"
 GT_DIR = "SegmentationClassAug"
@@ -30,7 +32,7 @@ SPLIT_DIR = "ImageSets/Segmentation"
 LIST_DIR = "lists"
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the user's data; the message always names the offending file."""
 
 
@@ -40,10 +42,6 @@ def image_path(voc_root, image_id):
 
 def gt_path(voc_root, image_id):
     return Path(voc_root) / GT_DIR / f"{image_id}.png"
-
-
-def saliency_path(voc_root, image_id):
-    return Path(voc_root) / SALIENCY_DIR / f"{image_id}.png"
 
 
 def check_voc_root(voc_root, need=(IMAGE_DIR,)):
@@ -80,18 +78,6 @@ def load_label(path):
     if image.mode not in ("P", "L"):
         raise DataError(f"label map {path} has mode {image.mode}; expected a palette (P) or grey (L) PNG of class ids")
     return np.array(image, dtype=np.int64)
-
-
-def load_saliency(path):
-    """A single-channel saliency map as a uint8 (H, W) array."""
-    image = _open(path, "saliency map")
-    if image.mode not in ("L", "P", "I", "I;16"):
-        bands = len(image.getbands())
-        raise DataError(f"saliency map {path} has mode {image.mode} ({bands} channels); expected one channel")
-    array = np.array(image)
-    if array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    return array
 
 
 def binarise_saliency(saliency):

@@ -68,12 +68,12 @@ def resize_pair(image, label, size):
 
 
 class ImageNetTrainTransform:
-    """DeepLab-V3+ (reference §8.2): scale by s ~ U(``scale_range``), pad every side to at least ``crop``
+    """DeepLab-V3+ (original §8.2): scale by s ~ U(``scale_range``), pad every side to at least ``crop``
     (image with 0, label with **255**: the original padded the label with 0, i.e. background), random crop,
     flip, RGB in [0, 1] normalised with the ImageNet mean and std."""
 
     def __init__(self, scale_range, crop, ignore=voc.IGNORE_LABEL):
-        from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
+        from utils.wsss.transforms import IMAGENET_MEAN, IMAGENET_STD
 
         self.scale_range, self.crop, self.ignore = tuple(scale_range), int(crop), ignore
         self.mean, self.std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
@@ -112,7 +112,7 @@ class SegmentationTrainSet:
     def __getitem__(self, index):
         image_id, classes = self.entries[index]
         image = load_bgr(voc.image_path(self.root, image_id))
-        label = voc.load_label(self.label_dir / f"{image_id}.png")  # fails loudly, never a dummy (reference §12.11)
+        label = voc.load_label(self.label_dir / f"{image_id}.png")  # fails loudly, never a dummy (original §12.11)
         if label.shape != image.shape[:2]:
             raise voc.DataError(f"label {self.label_dir / image_id}.png is {label.shape}, image is {image.shape[:2]}")
         image, label = self.transform(image, label)
@@ -120,16 +120,3 @@ class SegmentationTrainSet:
         image_labels[0] = 1.0
         image_labels[[c + 1 for c in classes]] = 1.0
         return {"image": image, "label": label, "classes": image_labels, "id": image_id}
-
-
-def make_loader(dataset, batch_size, num_workers, seed, runtime):
-    """Shuffled, ``drop_last`` loader; the global ``batch_size`` is split over torchrun processes."""
-    if batch_size % runtime.world_size:
-        raise ValueError(f"batch size {batch_size} is not divisible by {runtime.world_size} processes")
-    if runtime.distributed:
-        sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=seed)
-    else:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size // runtime.world_size, sampler=sampler,
-                                       num_workers=num_workers, drop_last=True, persistent_workers=num_workers > 0,
-                                       pin_memory=runtime.device.type == "cuda")

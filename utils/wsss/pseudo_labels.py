@@ -1,4 +1,4 @@
-"""Pseudo segmentation labels from refined maps and saliency (reference §5)."""
+"""Pseudo segmentation labels from refined maps and saliency (original §5)."""
 
 import torch
 
@@ -29,6 +29,6 @@ def threshold_label(maps, background_threshold):
 
 
 def top_class_target(maps):
-    """Stage 2's regression target (reference §4.2): each pixel keeps only the channel(s) equal to its
+    """Stage 2's regression target (original §4.2): each pixel keeps only the channel(s) equal to its
     maximum over classes (ties keep every tied channel); all others become 0. ``maps``: (..., C, H, W)."""
     return maps * (maps == maps.amax(dim=-3, keepdim=True))

@@ -1,6 +1,6 @@
 """Pictures: CAM heat maps and label maps side by side, one row per image.
 
-    python -m utils.visualize --voc-root VOC2012 --list VOC2012/lists/val_cls.txt --out maps.png \
+    python -m utils.reports.pictures --voc-root VOC2012 --list VOC2012/lists/val_cls.txt --out maps.png \
         --checkpoint "plain=cls_relu/last.pth" --checkpoint "DRS=cls_drs/last.pth" --labels "pseudo=labels_dir"
 
 Columns: the image, its GT, then each classifier's multi-scale CAM (max over the image's classes, as a heat
@@ -16,9 +16,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from utils import checkpoints, voc
-from utils.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam
 from utils.io import atomic_write, voc_palette
-from utils.transforms import eval_transform
+from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_cam
+from utils.wsss.transforms import eval_transform
 
 
 def heat_overlay(image, heat):

@@ -1,4 +1,4 @@
-"""Evaluation of segmentation networks (reference §7.6, §8.3), shared by DeepLab-V2 and DeepLab-V3+.
+"""Evaluation of segmentation networks (original §7.6, §8.3), shared by DeepLab-V2 and DeepLab-V3+.
 
 Steps, each resumable, all under one output folder::
 
@@ -26,14 +26,13 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from utils.config import ConfigError
 from utils.crf import CRFParams, crf_probabilities, run_parallel
-from utils.distributed import inference_device
+from utils.distributed import inference_device, shard
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
 from utils.metrics import ConfusionMatrix, markdown_table
-from utils.seg_data import load_bgr
-from utils.transforms import IMAGENET_MEAN, IMAGENET_STD
+from utils.seg.data import load_bgr
 from utils.voc import DataError, check_voc_root, image_path, load_image, load_label, read_ids
+from utils.wsss.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 LOGIT_DIR = "logit"
 CRF_DIR = "crf"
@@ -105,16 +104,18 @@ def load_logit(path):
 
 
 @torch.inference_mode()
-def validation_miou(model, voc_root, ids, gt_dir, mean_bgr, device):
-    """mIoU of the model's argmax on full images (no files written): the optional in-training validation."""
+def validation_miou(model, voc_root, ids, gt_dir, load_input, runtime):
+    """mIoU of the model's argmax on full images (no files written): the optional in-training validation.
+    Each process scores its share of ``ids``; the confusion matrices are summed over the processes."""
     model.eval()
+    device = runtime.device
     matrix = ConfusionMatrix()
-    for image_id in ids:
-        image, _ = caffe_input(image_path(voc_root, image_id), mean_bgr)
+    for image_id in shard(ids, runtime):
+        image, _ = load_input(image_path(voc_root, image_id))
         gt = load_gt(gt_dir, image_id)
         logit = model(image[None].to(device))[0].float().cpu().numpy()
         matrix.update(gt, probabilities(logit, gt.shape).argmax(dim=0).numpy())
-    return matrix.scores()["mean_iou"]
+    return matrix.reduce(runtime).scores()["mean_iou"]
 
 
 @torch.inference_mode()
@@ -239,7 +240,9 @@ def eval_parser(description, default_config, network):
     """The command line both evaluation entry points share; callers may add their own flags."""
     import argparse
 
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from utils import cli
+
+    parser = cli.parser(description)
     parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
     parser.add_argument("--list", required=True, help="plain id list or '<id> <c1> ...' list")
     parser.add_argument("--checkpoint", required=True, help=f"{network} checkpoint (ours or the released format)")
@@ -247,7 +250,7 @@ def eval_parser(description, default_config, network):
     parser.add_argument("--config", default=str(default_config))
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True, help="dense-CRF labels too")
     parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cli.add_device(parser)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     return parser
 
@@ -263,22 +266,16 @@ def eval_inputs(args, val_labels):
     ids = read_ids(args.list)
     if not ids:
         raise DataError(f"list file {args.list} is empty")
-    try:
-        device = inference_device(args.device)
-    except RuntimeError as error:
-        raise ConfigError(str(error)) from None
-    return voc_root, gt_dir, ids, device
+    return voc_root, gt_dir, ids, inference_device(args.device)
 
 
-def eval_main(run, args):
-    """Run an evaluation entry point: user errors end in one line; a summary line at the end."""
-    import sys
+def eval_main(run, parser, argv=None):
+    """Run an evaluation entry point through :func:`utils.cli.main`; a summary line at the end."""
+    from utils import cli
 
-    from utils.checkpoints import CheckpointError
-
-    try:
+    def run_and_summarise(args):
         results = run(args)
-    except (DataError, CheckpointError, ConfigError) as error:
-        sys.exit(f"error: {error}")
-    print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
-    return results
+        print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
+        return results
+
+    return cli.main(run_and_summarise, parser, argv)

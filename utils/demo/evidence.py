@@ -1,13 +1,13 @@
 """How much class evidence each region of a demo object carries: the demo's evidence gradient, measured.
 
-The demo data (:mod:`utils.demo_data`, version 2) is built so that an object's small part names its class
+The demo data (:mod:`utils.demo.data`, version 2) is built so that an object's small part names its class
 for certain while its large body only hints at it (a body hue shared with the neighbouring classes), and the
 background says nothing. This module checks that claim instead of asserting it: it renders single-object
 images twice, once with the part's evidence only (a class-free body colour) and once with the body's only
 (the part painted as body), trains the same small CNN on each, and reports its held-out accuracy among the
 six classes (chance 16.7 %).
 
-    python -m utils.demo_evidence --out outputs/demo/evidence
+    python -m utils.demo.evidence --out outputs/demo/evidence
 
 Writes ``evidence.json`` and ``evidence.md``. Deterministic for a given seed on one machine (CPU, about a minute).
 """
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.demo_data import DEFAULT_SIZE, DEMO_CLASSES, GENERATOR_VERSION, render_sample
+from utils.demo.data import DEFAULT_SIZE, DEMO_CLASSES, GENERATOR_VERSION, render_sample
 from utils.io import atomic_write, save_json
 
 CONDITIONS = {"part only": ("part",), "body only": ("body",)}

@@ -8,7 +8,7 @@ every object (version 2, the default) is
 * a LARGE, elongated body: a wobbly, mottled ellipse about 86 x 32 px in a 160 px image (11 x 4 cells of a
   stride-8 feature map) whose colour is a saturated hue drawn from a window of its class; the windows of
   neighbouring classes overlap, so the body hints at its class (a probe CNN names it 39 % of the time,
-  chance 1/6: ``utils.demo_evidence`` measures it) without deciding it, and
+  chance 1/6: ``utils.demo.evidence`` measures it) without deciding it, and
 * a SMALL discriminative part at one end of the body (10-15 % of the object area, like a head on a torso)
   with a class-specific colour AND pattern (stripes, checker, dots, rings, cross, triangle), which names the
   class for certain.
@@ -29,7 +29,7 @@ Determinism: image ``k`` is rendered from its own seed sequence ``(seed, k)`` an
 object comes from a balanced plan drawn in blocks, so a file depends only on the seed, its index and the
 image size, never on the order of generation or on how many images are made.
 
-Run ``python -m utils.demo_data --out DIR`` (see ``--help``); ``generate()`` is the Python entry point.
+Run ``python -m utils.demo.data --out DIR`` (see ``--help``); ``generate()`` is the Python entry point.
 """
 
 import argparse
@@ -422,7 +422,7 @@ def _add_false_blob(rng, strength, union):
 def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, draw=("body", "part"), count=None):
     """Everything for image ``index``: RGB image, label map, part mask, saliency map and its object classes.
 
-    For measuring how much class evidence each region carries (:mod:`utils.demo_evidence`), ``draw`` can
+    For measuring how much class evidence each region carries (:mod:`utils.demo.evidence`), ``draw`` can
     leave one out: without ``"part"`` the part is painted as body; without ``"body"`` the body takes version
     1's class-free colour. ``count`` fixes the number of objects. Every other draw stays the same.
     """
@@ -487,7 +487,7 @@ PER_IMAGE_FILES = ((IMAGE_DIR, ".jpg"), (GT_DIR, ".png"), (SALIENCY_DIR, ".png")
 OWN_ENTRIES = {IMAGE_DIR, GT_DIR, SALIENCY_DIR, PART_DIR, "ImageSets", LIST_DIR, META_NAME, README_NAME}
 
 README_TEXT = """\
-SYNTHETIC demo dataset in PASCAL VOC 2012 layout (made by utils/demo_data.py; not real VOC data).
+SYNTHETIC demo dataset in PASCAL VOC 2012 layout (made by utils/demo/data.py; not real VOC data).
 
 Each object is a large body whose colour only hints at its class, plus a small class-specific part
 (colour + pattern) at one end of it: image-level labels are easy to learn from the part alone, while the
@@ -608,7 +608,7 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
     derive_cls_lists(out_dir)
     atomic_write(out_dir / README_NAME, lambda tmp: Path(tmp).write_text(README_TEXT))
     meta = {
-        "generator": "utils.demo_data",
+        "generator": "utils.demo.data",
         "synthetic": True,
         "params": params,
         "counts": {name: len(ids) for name, ids in splits.items()},

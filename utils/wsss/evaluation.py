@@ -1,12 +1,12 @@
-"""Evaluation of classifiers and localization maps (reference §2.8, §3.3; DRS protocol and CAM protocol)."""
+"""Evaluation of classifiers and localization maps (original §2.8, §3.3; DRS protocol and CAM protocol)."""
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.cam import cam_pseudo_label, normalized_cam
 from utils.metrics import ConfusionMatrix
 from utils.voc import IGNORE_LABEL, SALIENCY_THRESHOLD
+from utils.wsss.cam import cam_pseudo_label, normalized_cam
 
 # 0.00 .. 0.95: VOC maps peak near 0.2-0.3, but blurry maps (the demo's) can need far higher ones, and a best
 # threshold at the end of the sweep would not be the best.
@@ -30,12 +30,14 @@ def average_precision(scores, targets):
 
 
 @torch.no_grad()
-def validate_classifier(model, loader, device, alpha=0.2):
-    """Per-epoch validation of stage 1 (reference §2.8): loss, exact-match accuracy and the mIoU of the
-    CAM pseudo labels (alpha, saliency background) against the GT, all at the test size."""
+def validate_classifier(model, loader, device, alpha=0.2, runtime=None):
+    """Per-epoch validation of stage 1 (original §2.8): loss, exact-match accuracy and the mIoU of the
+    CAM pseudo labels (alpha, saliency background) against the GT, all at the test size. Under torchrun each
+    process scores its share of the images (``loader``) and the sums are reduced over ``runtime``."""
     model.eval()
     matrix = ConfusionMatrix()
     loss_sum, exact, count = 0.0, 0, 0
+    pictures = {}
     for batch in loader:
         images, classes = batch["image"].to(device), batch["classes"].to(device)
         maps = model.class_maps(images)
@@ -44,12 +46,34 @@ def validate_classifier(model, loader, device, alpha=0.2):
         exact += int(((torch.sigmoid(logits) >= 0.5) == (classes > 0.5)).all(dim=1).sum())
         count += len(images)
         cams = normalized_cam(maps, classes, images.shape[-2:])
+        pictures = pictures or heat_pictures(images, cams)
         background = 1.0 - (batch["saliency"].to(device) > SALIENCY_THRESHOLD).float()
         preds = cam_pseudo_label(cams, background, alpha).cpu().numpy()
         for gt, pred in zip(batch["label"].numpy(), preds):
             matrix.update(gt, pred)
-    scores = matrix.scores()
-    return {"loss": loss_sum / max(count, 1), "accuracy": exact / max(count, 1), "miou": scores["mean_iou"]}
+    loss_sum, exact, count = _reduce(matrix, [loss_sum, exact, count], runtime)
+    return {"loss": loss_sum / max(count, 1), "accuracy": exact / max(count, 1), "miou": matrix.scores()["mean_iou"],
+            "pictures": pictures}
+
+
+def heat_pictures(images, maps, count=4):
+    """The first ``count`` images of a batch (ImageNet-normalised) with the max over classes of their
+    (B, C, H, W) maps in [0, 1] as a heat map: the pictures a validation hands to TensorBoard."""
+    from utils.reports.pictures import heat_overlay
+    from utils.wsss.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    rgb = ((images[:count].float().cpu() * std + mean).clamp(0, 1) * 255).byte().permute(0, 2, 3, 1).numpy()
+    heat = maps[:count].float().amax(dim=1).cpu().numpy()
+    return {f"maps/{i}": heat_overlay(image, h) for i, (image, h) in enumerate(zip(rgb, heat))}
+
+
+def _reduce(matrix, sums, runtime):
+    """Sum ``matrix`` (in place) and the numbers ``sums`` over the processes."""
+    if runtime is None:
+        return sums
+    matrix.reduce(runtime)
+    return runtime.sum(np.array(sums, dtype=np.float64)).tolist()
 
 
 class MapEvaluator:
@@ -121,21 +145,25 @@ class MapEvaluator:
 
 
 @torch.no_grad()
-def validate_refiner(model, loader, device, alpha=0.2):
-    """Per-epoch validation of stage 2 (reference §4.4): MSE of the label-masked output against the
-    top-class target, and the mIoU of single-scale pseudo labels (alpha, saliency background)."""
-    from utils.pseudo_labels import top_class_target
+def validate_refiner(model, loader, device, alpha=0.2, runtime=None):
+    """Per-epoch validation of stage 2 (original §4.4): MSE of the label-masked output against the
+    top-class target, and the mIoU of single-scale pseudo labels (alpha, saliency background); reduced over
+    ``runtime``'s processes as :func:`validate_classifier`."""
+    from utils.wsss.pseudo_labels import top_class_target
 
     model.eval()
     matrix = ConfusionMatrix()
     loss_sum, count = 0.0, 0
+    pictures = {}
     for batch in loader:
         images, classes = batch["image"].to(device), batch["classes"].to(device)
         refined = model(images, classes=classes)
+        pictures = pictures or heat_pictures(images, refined)
         loss_sum += F.mse_loss(refined, top_class_target(batch["maps"].to(device))).item() * len(images)
         count += len(images)
         background = 1.0 - (batch["saliency"].to(device) > SALIENCY_THRESHOLD).float()
         preds = cam_pseudo_label(refined, background, alpha).cpu().numpy()
         for gt, pred in zip(batch["label"].numpy(), preds):
             matrix.update(gt, pred)
-    return {"loss": loss_sum / max(count, 1), "miou": matrix.scores()["mean_iou"]}
+    loss_sum, count = _reduce(matrix, [loss_sum, count], runtime)
+    return {"loss": loss_sum / max(count, 1), "miou": matrix.scores()["mean_iou"], "pictures": pictures}

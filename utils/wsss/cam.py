@@ -1,4 +1,4 @@
-"""Class activation maps and localization maps of the stage-1 classifier (reference §2.8, §3)."""
+"""Class activation maps and localization maps of the stage-1 classifier (original §2.8, §3)."""
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ def write_localization_maps(model, loader, out_dir, device, scales=LOCALIZATION_
 
 
 def cam_pseudo_label(cams, background, alpha=0.2):
-    """The original's quick pseudo label (reference §2.8, §3.3): CAM values below ``alpha`` are dropped,
+    """The original's quick pseudo label (original §2.8, §3.3): CAM values below ``alpha`` are dropped,
     ``background`` (B, H, W) is the 0-th score, argmax over 21 channels (ties go to the lower index)."""
     scores = torch.cat([background[:, None].to(cams.dtype), cams * (cams >= alpha)], dim=1)
     return scores.argmax(dim=1)

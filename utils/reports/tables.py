@@ -1,6 +1,6 @@
 """Side-by-side tables of evaluation results (``scores.json`` files of evaluate_maps.py).
 
-    python -m utils.report --out comparison.md "plain ReLU=outputs/demo/eval/relu/scores.json" "DRS=..."
+    python -m utils.reports.tables --out comparison.md "plain ReLU=outputs/demo/eval/relu/scores.json" "DRS=..."
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Joint transforms over a sample dict (reference §2.3, §4.2).
+"""Joint transforms over a sample dict (original §2.3, §4.2).
 
 A sample is a dict: ``"image"`` (PIL RGB) plus optional masks that must move with it -- ``"label"``,
 ``"saliency"``, ``"parts"`` (PIL single-channel images, resized NEAREST) -- and ``"maps"`` (a float tensor of
@@ -142,7 +142,7 @@ class ToTensor:
 
 
 def classifier_train_transform(input_size=384, crop_size=320, jitter=(0.3, 0.3, 0.3, 0.1)):
-    """Stage-1 training (reference §2.3): squash, flip, colour jitter, random crop, normalise."""
+    """Stage-1 training (original §2.3): squash, flip, colour jitter, random crop, normalise."""
     return Compose([
         SquashResize(input_size),
         RandomHorizontalFlip(),
@@ -153,7 +153,7 @@ def classifier_train_transform(input_size=384, crop_size=320, jitter=(0.3, 0.3, 
 
 
 def refine_train_transform(size=320, jitter=(0.3, 0.3, 0.3, 0.1)):
-    """Stage-2 training (reference §4.2): squash (masks nearest; the stored maps are already at ``size``),
+    """Stage-2 training (original §4.2): squash (masks nearest; the stored maps are already at ``size``),
     colour jitter, flip of image, masks and maps together, normalise. The original's RandomCrop(320) after
     the squash to 320 is a no-op and is left out."""
     return Compose([SquashResize(size), ColorJitter(*jitter), RandomHorizontalFlip(), ToTensor()])

@@ -1,0 +1,145 @@
+"""The training engine: data order and augmentation as functions of (seed, epoch, index), resume after a kill
+to the same weights as an uninterrupted run, validation shared by torchrun processes."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import REPO, run_cli
+from utils import engine
+from utils.distributed import Runtime
+from utils.reports import curves
+
+
+def test_the_order_is_a_function_of_seed_and_epoch():
+    def order(seed, epoch):
+        sampler = engine.ResumableSampler(10, seed)
+        sampler.set_position(epoch)
+        return [index for index, _ in sampler]
+
+    assert order(3, 2) == order(3, 2) and sorted(order(3, 2)) == list(range(10))
+    assert order(3, 2) != order(3, 3) and order(3, 2) != order(4, 2)
+
+
+def test_ranks_share_an_epoch_and_a_skip_continues_it():
+    parts = []
+    for rank in range(3):
+        sampler = engine.ResumableSampler(10, 5, rank=rank, world_size=3)
+        sampler.set_position(1)
+        parts.append([index for index, _ in sampler])
+    assert [len(p) for p in parts] == [4, 4, 4] and set(sum(parts, [])) == set(range(10))  # padded to 12
+    sampler = engine.ResumableSampler(10, 5)
+    sampler.set_position(1)
+    whole = list(sampler)
+    sampler.set_position(1, skip=4)
+    assert list(sampler) == whole[4:]
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Each item draws from torch's global generator, as the project's random transforms do."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, index):
+        return {"index": torch.tensor(index), "draw": torch.rand(3)}
+
+
+def epoch_batches(workers, epoch):
+    loader = engine.make_train_loader(RandomItems(), batch_size=4, workers=workers, seed=7, runtime=Runtime("cpu"),
+                                      drop_last=True)
+    loader.sampler.set_position(epoch)
+    return [(b["index"].tolist(), b["draw"]) for b in loader]
+
+
+def test_augmentation_depends_on_the_sample_not_on_the_workers():
+    state = torch.get_rng_state()
+    single = epoch_batches(0, epoch=1)
+    assert torch.equal(torch.get_rng_state(), state)  # loading leaves the global generator (dropout's) alone
+    for (ids, draws), (ids2, draws2) in zip(single, epoch_batches(2, epoch=1), strict=True):
+        assert ids == ids2 and torch.equal(draws, draws2)
+    assert not torch.equal(single[0][1], epoch_batches(0, epoch=2)[0][1])
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ after the resume, e.g. {different[:3]}"
+
+
+def kill_after_first_checkpoint(args, checkpoint, timeout=240):
+    """Start a training run and kill it (SIGKILL) as soon as ``checkpoint`` exists."""
+    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "no checkpoint within the timeout"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+STAGE1 = ["train_cls.py", "--config", "configs/cls_demo.yaml", "--no-progress", "--set", "data.num_workers=1",
+          "--set", "data.val_list=lists/val_cls.txt", "--set", "train.epochs=4", "--set", "train.batch_size=2",
+          "--set", "val.every=2", "--set", "model.drs=learnable", "--set", "output.log_every=1"]
+V3P = ["DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml", "--labels",
+       "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50", "--set", "MODEL.WIDTH=16",
+       "--set", "SOLVER.BATCH_SIZE=2", "--set", "SOLVER.NUM_WORKERS=1", "--set", "DATASET.CROP_SIZE=65",
+       "--set", "SOLVER.ITER_MAX=7", "--set", "SOLVER.ITER_SAVE=2", "--set", "SOLVER.LOG_EVERY=1"]
+
+
+@pytest.mark.parametrize("args,final", [(STAGE1, "last.pth"), (V3P, "checkpoint_final.pth")], ids=["stage1", "v3p"])
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(parity_voc, tmp_path, args, final):
+    """Stage 1: 3 updates an epoch (6 images, batch 2), killed after an epoch. DeepLab-V3+ (dropout in its
+    head): 3 batches an epoch, killed after its 2nd update, so the resume starts in the middle of an epoch."""
+    run_cli(*args, "--voc-root", parity_voc, "--out", tmp_path / "whole")
+    killed = tmp_path / "killed"
+    kill_after_first_checkpoint([*args, "--voc-root", parity_voc, "--out", killed], killed / "last.pth")
+    stopped = torch.load(killed / "last.pth", weights_only=True)["iteration"]
+    assert stopped < torch.load(tmp_path / "whole" / final, weights_only=True)["iteration"], "killed too late"
+    result = run_cli(*args, "--voc-root", parity_voc, "--out", killed, "--resume", "auto")
+    assert "resumed from" in result.stdout
+    assert_same_weights(weights(tmp_path / "whole" / final), weights(killed / final))
+
+    # the run log of the interrupted run draws as one curve; TensorBoard gets the same numbers when installed
+    records = curves.read_log(killed)
+    steps, losses = curves.series(records, "loss", "train")
+    total = torch.load(killed / final, weights_only=True)["iteration"]
+    assert steps.tolist() == list(range(1, total + 1))  # updates logged twice (before the kill, resumed) once
+    picture = tmp_path / "curves.png"
+    run_cli("-m", "utils.reports.curves", "--out", picture, f"whole={tmp_path / 'whole'}", f"resumed={killed}")
+    assert Image.open(picture).size == (3 * curves.PANEL_W, 2 * (curves.PANEL_H + 20))
+    if importlib.util.find_spec("tensorboard"):
+        assert list((tmp_path / "whole" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_processes_validate_together_and_score_as_one(parity_voc, tmp_path):
+    """Each process scores its half of the validation images and the sums are reduced: the mIoU equals one
+    process's (to 1e-5: the two runs batch the images differently, which moves a few pixels' float scores in
+    the last bits). lr 0 and no BN keep the weights at rank 0's initialisation in both runs."""
+    args = [*STAGE1, "--voc-root", str(parity_voc), "--set", "train.epochs=1", "--set", "val.every=1",
+            "--set", "data.num_workers=0", "--set", "train.lr=0", "--set", "model.batch_norm=false"]
+    run_cli(*args, "--out", tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *args, "--out", str(tmp_path / "two")], cwd=REPO, capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = (torch.load(tmp_path / run / "last.pth", weights_only=True) for run in ("one", "two"))
+    assert_same_weights(one["model"], two["model"])
+    assert two["metrics"]["val_miou"] == pytest.approx(one["metrics"]["val_miou"], abs=1e-5)
+    assert one["metrics"]["val_miou"] > 0 and one["metrics"]["val_accuracy"] == two["metrics"]["val_accuracy"]
+    assert two["metrics"]["val_loss"] == pytest.approx(one["metrics"]["val_loss"], rel=1e-6)

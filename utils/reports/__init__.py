@@ -1,0 +1,1 @@
+"""What a run writes for people: markdown tables, pictures, training curves."""
