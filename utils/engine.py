@@ -282,7 +282,9 @@ def run(trainer, schedule, loader, runtime, out_dir, *, config=None, resume=None
     done, best = 0, {}
     if resume:
         state = _restore(resume, trainer, scaler, runtime)
-        done, best = int(state.get("iteration", 0)), state.get("best", {})
+        if "iteration" not in state:  # written by this project's trainers before the engine
+            raise checkpoints.CheckpointError(f"{resume} records no update count; it cannot be resumed exactly")
+        done, best = int(state["iteration"]), state.get("best", {})
         if runtime.is_main:
             where = f"epoch {done // epoch_length}" if epoch_length else f"iteration {done}"
             print(f"resumed from {resume} after {where}", flush=True)

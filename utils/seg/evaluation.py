@@ -26,6 +26,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
+from utils import cli
 from utils.crf import CRFParams, crf_probabilities, run_parallel
 from utils.distributed import inference_device, shard
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
@@ -240,8 +241,6 @@ def eval_parser(description, default_config, network):
     """The command line both evaluation entry points share; callers may add their own flags."""
     import argparse
 
-    from utils import cli
-
     parser = cli.parser(description)
     parser.add_argument("--voc-root", required=True, help="the VOC2012 folder")
     parser.add_argument("--list", required=True, help="plain id list or '<id> <c1> ...' list")
@@ -271,8 +270,6 @@ def eval_inputs(args, val_labels):
 
 def eval_main(run, parser, argv=None):
     """Run an evaluation entry point through :func:`utils.cli.main`; a summary line at the end."""
-    from utils import cli
-
     def run_and_summarise(args):
         results = run(args)
         print(f"{summary(results)} -> {Path(args.out) / 'scores.md'}")
