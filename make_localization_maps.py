@@ -13,6 +13,7 @@ import torch
 
 from utils import checkpoints, cli, voc
 from utils.distributed import inference_device
+from utils.io import claim_folder, file_digest
 from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, write_localization_maps
 from utils.wsss.transforms import eval_transform
 
@@ -37,6 +38,8 @@ def run(args):
     entries = voc.read_list(args.list, voc_root=args.voc_root)
     device = inference_device(args.device)
     model, model_args = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
+    claim_folder(out_dir, {"made_by": "make_localization_maps.py", "checkpoint_sha256": file_digest(args.checkpoint),
+                           "delta": args.delta, "size": args.size, "scales": args.scales}, "localization maps")
     todo = [e for e in entries if not (out_dir / f"{e[0]}.npy").exists()]
     print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "
           f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size})")

@@ -17,7 +17,7 @@ import torch
 from utils import checkpoints, cli, voc
 from utils.crf import CRFParams, crf_from_labels, run_parallel
 from utils.distributed import inference_device
-from utils.io import progress, save_label_png
+from utils.io import claim_folder, file_digest, progress, save_label_png
 from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_maps
 from utils.wsss.pseudo_labels import pseudo_label, threshold_label
 from utils.wsss.transforms import eval_transform
@@ -54,8 +54,7 @@ def build_score_fn(args, device):
     return model.eval().score_maps, False
 
 
-def label_images(args, entries, out_dir, device):
-    score_fn, normalize = build_score_fn(args, device)
+def label_images(args, entries, out_dir, device, score_fn, normalize):
     masks = () if args.no_saliency else ("saliency",)
     dataset = voc.VOCDataset(args.voc_root, entries, eval_transform(args.size, resize_masks=False), masks=masks)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
@@ -85,17 +84,28 @@ def _crf_one(voc_root, raw_path, out_path):
     Path(raw_path).unlink()
 
 
+def settings(args):
+    """What the labels depend on (recorded in the output folder, see :func:`utils.io.claim_folder`)."""
+    return {"made_by": "make_pseudo_labels.py", "checkpoint_sha256": file_digest(args.checkpoint), "stage": args.stage,
+            "delta": args.delta, "alpha": args.alpha, "saliency": not args.no_saliency,
+            "bg_threshold": args.bg_threshold if args.no_saliency else None, "crf": args.crf, "size": args.size,
+            "scales": args.scales}
+
+
 def run(args):
     out_dir = Path(args.out) if args.out else Path(args.voc_root) / "refined_pseudo_segmentation_labels"
     entries = voc.read_list(args.list, voc_root=args.voc_root)
+    device = inference_device(args.device)
+    score_fn, normalize = build_score_fn(args, device)  # a bad checkpoint is refused before the folder is claimed
+    claim_folder(out_dir, settings(args), "pseudo labels")
     todo = [e for e in entries if not (out_dir / f"{e[0]}.png").exists()]
     print(f"pseudo labels: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, {len(todo)} to "
           f"write ({args.stage} maps, {'no saliency' if args.no_saliency else 'saliency background'}"
           f"{', dense CRF' if args.crf else ''})", flush=True)
-    raw_dir = out_dir / ".raw"
-    pending = [e for e in todo if not (raw_dir / f"{e[0]}.png").exists()]
+    raw_dir = out_dir / ".raw"  # labels before the CRF pass
+    pending = [e for e in todo if not (args.crf and (raw_dir / f"{e[0]}.png").exists())]
     if pending:
-        label_images(args, pending, out_dir, inference_device(args.device))
+        label_images(args, pending, out_dir, device, score_fn, normalize)
     if args.crf and todo:
         jobs = [(args.voc_root, raw_dir / f"{i}.png", out_dir / f"{i}.png") for i, _ in todo]
         run_parallel(_crf_one, jobs, args.jobs)

@@ -16,7 +16,7 @@ from models.vgg import fold_batch_norm
 from utils import checkpoints, cli, voc
 from utils.wsss.evaluation import validate_classifier
 from utils.wsss.training import epoch_trainer, start, train_epochs, validation
-from utils.wsss.transforms import classifier_train_transform, eval_transform
+from utils.wsss.transforms import classifier_train_transform
 
 
 def model_args(cfg):
@@ -64,9 +64,7 @@ def train(args):
     model = models.build("classifier", **margs)
     if cfg["model"]["init_from"]:
         warm_start(model, cfg["model"]["init_from"], with_head=cfg["model"]["init_head"])
-    validate = validation(cfg, runtime, lambda: voc.VOCDataset(
-        root, voc.list_entries(root, data["val_list"]), eval_transform(data["test_size"]), masks=("label", "saliency")),
-        validate_classifier)
+    validate = validation(cfg, runtime, validate_classifier, data["test_size"])
     return train_epochs(make_trainer(cfg, model, margs, validate), train_set, cfg, args, runtime,
                         f"stage 1: {margs['drs'] or 'relu'} classifier, width {margs['width']}")
 

@@ -17,7 +17,7 @@ from utils import checkpoints, cli, voc
 from utils.wsss.evaluation import validate_refiner
 from utils.wsss.pseudo_labels import top_class_target
 from utils.wsss.training import epoch_trainer, start, train_epochs, validation
-from utils.wsss.transforms import eval_transform, refine_train_transform
+from utils.wsss.transforms import refine_train_transform
 
 
 def backbone_warm_start(model, path):
@@ -59,9 +59,7 @@ def train(args):
     model = models.build("refine", **margs)
     if m["init_from"]:
         backbone_warm_start(model, m["init_from"])
-    validate = validation(cfg, runtime, lambda: voc.VOCDataset(
-        root, voc.list_entries(root, data["val_list"]), eval_transform(data["size"]), masks=("label", "saliency"),
-        maps_dir=maps_dir), validate_refiner)
+    validate = validation(cfg, runtime, validate_refiner, data["size"], maps_dir=maps_dir)
     return train_epochs(make_trainer(cfg, model, margs, validate), train_set, cfg, args, runtime,
                         f"stage 2: refinement network, width {margs['width']}, maps from {maps_dir}")
 

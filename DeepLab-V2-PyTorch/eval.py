@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from utils import checkpoints, config  # noqa: E402
+from utils.io import claim_folder, file_digest  # noqa: E402
 from utils.seg.evaluation import caffe_input, crf_params_from_config, eval_inputs, eval_main, eval_parser, evaluate  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
@@ -24,20 +25,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc12.yaml"
 def settings(cfg):
     """(BGR mean, GT folder name, CRF parameters) from the config; a missing key is a ConfigError."""
     try:
-        mean = cfg["IMAGE"]["MEAN"]
-        crf = cfg["CRF"]
-        # Python floats: the original subtracts the mean in float64 (see caffe_input)
-        mean_bgr = (float(mean["B"]), float(mean["G"]), float(mean["R"]))
-        return mean_bgr, cfg["DATASET"]["VAL_LABELS"], crf_params_from_config(crf)
+        mean_bgr = [float(value) for value in cfg["data"]["mean_bgr"]]
+        return mean_bgr, cfg["data"]["val_labels"], crf_params_from_config(cfg["crf"])
     except (KeyError, TypeError, ValueError) as error:
         raise config.ConfigError(f"config lacks or mistypes a key needed for evaluation: {error}") from None
 
 
 def load_model(path, cfg):
     model, _ = checkpoints.load_deeplab_v2(path)
-    scales = cfg.get("MODEL", {}).get("MSC_SCALES")
-    if scales is not None:  # not stored in the released checkpoints: the config decides
-        model.scales = tuple(float(s) for s in scales)
+    # the released checkpoints store no MSC scales: the config decides
+    model.scales = tuple(float(s) for s in cfg["model"]["msc_scales"])
     return model
 
 
@@ -46,6 +43,9 @@ def run(args):
     mean_bgr, val_labels, crf_params = settings(cfg)
     voc_root, gt_dir, ids, device = eval_inputs(args, val_labels)
     model = load_model(args.checkpoint, cfg)
+    claim_folder(args.out, {"made_by": "DeepLab-V2-PyTorch/eval.py", "checkpoint_sha256": file_digest(args.checkpoint),
+                            "msc_scales": list(model.scales), "mean_bgr": mean_bgr, "crf": vars(crf_params)},
+                 "DeepLab-V2 logits and labels")
     print(f"DeepLab-V2 evaluation: {len(ids)} images of {args.list} on {device}, GT {gt_dir}, "
           f"CRF {'on' if args.crf else 'off'} -> {args.out}", flush=True)
     return evaluate(model, voc_root, ids, args.out, functools.partial(caffe_input, mean_bgr=mean_bgr),

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 DeepLab-V2-PyTorch/train.py --config ... --voc-root /data/VOC2012
 
 Writes ``<out>/checkpoint_final.pth`` (what eval.py reads), ``checkpoint_<it>.pth`` and ``last.pth`` every
-SOLVER.ITER_SAVE iterations (``--resume auto`` continues from ``last.pth``), ``config.yaml``, ``log.jsonl``.
+train.save_every updates (``--resume auto`` continues from ``last.pth``), ``config.yaml``, ``log.jsonl``.
 """
 
 import sys
@@ -16,39 +16,38 @@ sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
-from utils.seg.data import CaffeTrainTransform, bgr_mean  # noqa: E402
+from utils.seg.data import CaffeTrainTransform  # noqa: E402
 from utils.seg.evaluation import caffe_input  # noqa: E402
-from utils.seg.training import deeplab_v2_schedule, deeplab_v2_trainer, load_config, train_on_labels  # noqa: E402
+from utils.seg.training import deeplab_v2_schedule, deeplab_v2_trainer, train_on_labels  # noqa: E402
 
 
 def build_model(cfg):
-    m = cfg["MODEL"]
-    args = {"n_classes": cfg["DATASET"]["N_CLASSES"], "n_blocks": list(m["N_BLOCKS"]),
-            "atrous_rates": list(m["ATROUS_RATES"]), "width": float(m["WIDTH"]), "scales": list(m["MSC_SCALES"])}
+    m = cfg["model"]
+    args = {"n_classes": m["num_classes"], "n_blocks": list(m["n_blocks"]), "atrous_rates": list(m["atrous_rates"]),
+            "width": float(m["width"]), "scales": list(m["msc_scales"])}
     model = models.build("deeplab_v2", **args)
-    init = m["INIT_MODEL"]
+    init = m["init_from"]
     if init:
         path = Path(init) if Path(init).is_absolute() else REPO / init
         if not path.is_file():
             raise checkpoints.CheckpointError(
                 f"COCO init {path} not found: download deeplabv1_resnet101-coco.pth there (see "
-                "DeepLab-V2-PyTorch/README.md) or set MODEL.INIT_MODEL")
+                "DeepLab-V2-PyTorch/README.md) or set model.init_from")
         checkpoints.load_coco_init(model.base, path)
     return model, args
 
 
+def make_transform(cfg):
+    data = cfg["data"]
+    return CaffeTrainTransform(data["scales"], data["crop_size"], data["mean_bgr"], data["ignore_label"])
+
+
 def run(args):
-    cfg = load_config(args)
-    data, solver = cfg["DATASET"], cfg["SOLVER"]
-    mean = bgr_mean(cfg["IMAGE"]["MEAN"])
     return train_on_labels(
-        cfg, args, name="DeepLab-V2", out_dir=Path(args.out or REPO / "outputs" / "deeplab_v2" / cfg["EXP"]["ID"]),
-        transform=CaffeTrainTransform(data["SCALES"], cfg["IMAGE"]["SIZE"]["TRAIN"], mean,
-                                      data["IGNORE_LABEL"]),
-        batch=solver["BATCH_SIZE"]["TRAIN"], workers=cfg["DATALOADER"]["NUM_WORKERS"], build_model=build_model,
+        args, name="DeepLab-V2", make_transform=make_transform, build_model=build_model,
         make_trainer=deeplab_v2_trainer, make_schedule=deeplab_v2_schedule,
-        batch_text=f"{solver['BATCH_SIZE']['TRAIN']} x {solver['ITER_SIZE']} images",
-        load_input=partial(caffe_input, mean_bgr=mean))
+        batch_text=lambda train: f"{train['batch_size']} x {train['accumulation']} images",
+        make_input=lambda cfg: partial(caffe_input, mean_bgr=cfg["data"]["mean_bgr"]))
 
 
 def main(argv=None):

@@ -11,7 +11,6 @@ and ``scores.md``. Existing logits and CRF labels are kept, so an interrupted ru
 """
 
 import functools
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from utils import checkpoints, config, voc  # noqa: E402
+from utils import checkpoints, config  # noqa: E402
+from utils.io import claim_folder, file_digest  # noqa: E402
 from utils.seg.evaluation import (  # noqa: E402
     crf_params_from_config,
     crop_gt,
@@ -32,12 +32,11 @@ from utils.seg.evaluation import (  # noqa: E402
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "voc.yaml"
-PROTOCOL_FILE = "protocol.json"
 
 
 def build_parser():
     parser = eval_parser(__doc__, DEFAULT_CONFIG, "DeepLab-V3+")
-    parser.add_argument("--crop-val", action="store_true", help="resize + centre crop to EVAL.CROP_SIZE (run.sh)")
+    parser.add_argument("--crop-val", action="store_true", help="resize + centre crop to eval.crop_size (run.sh)")
     return parser
 
 
@@ -45,30 +44,14 @@ def settings(cfg):
     """(GT folder name, crop size, CRF parameters, model args for a released file); a missing key is a
     ConfigError."""
     try:
-        model = cfg["MODEL"]
-        released_args = {"output_stride": int(model["OUTPUT_STRIDE"]), "separable": bool(model["SEPARABLE"])}
+        model = cfg["model"]
+        released_args = {"output_stride": int(model["output_stride"]), "separable": bool(model["separable"])}
         if released_args["output_stride"] not in (8, 16):
-            raise ValueError(f"MODEL.OUTPUT_STRIDE must be 8 or 16, got {released_args['output_stride']}")
-        return (cfg["DATASET"]["VAL_LABELS"], int(cfg["EVAL"]["CROP_SIZE"]), crf_params_from_config(cfg["CRF"]),
+            raise ValueError(f"model.output_stride must be 8 or 16, got {released_args['output_stride']}")
+        return (cfg["data"]["val_labels"], int(cfg["eval"]["crop_size"]), crf_params_from_config(cfg["crf"]),
                 released_args)
     except (KeyError, TypeError, ValueError) as error:
         raise config.ConfigError(f"config lacks or mistypes a key needed for evaluation: {error}") from None
-
-
-def check_protocol(out_dir, crop):
-    """Record the protocol in OUT; refuse to mix: the kept logits of one would be scored under the other."""
-    path = Path(out_dir) / PROTOCOL_FILE
-    wanted = {"crop_val": crop}
-    if path.is_file():
-        try:
-            found = json.loads(path.read_text())
-        except ValueError:
-            found = "an unreadable protocol.json"
-        if found != wanted:
-            raise voc.DataError(f"{out_dir} holds an evaluation with {found}, not {wanted}; use another --out")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(wanted) + "\n")
 
 
 def run(args):
@@ -76,8 +59,11 @@ def run(args):
     val_labels, crop_size, crf_params, released_args = settings(cfg)
     voc_root, gt_dir, ids, device = eval_inputs(args, val_labels)
     crop = crop_size if args.crop_val else None
-    check_protocol(args.out, crop)
     model, _ = checkpoints.load_deeplab_v3plus(args.checkpoint, released_args=released_args)
+    # one protocol per folder: the kept logits of one would be scored under the other
+    made_with = {"made_by": "DeepLabV3Plus-Pytorch/eval.py", "checkpoint_sha256": file_digest(args.checkpoint),
+                 "crop_val": crop, **released_args, "crf": vars(crf_params)}
+    claim_folder(args.out, made_with, "DeepLab-V3+ logits and labels")
     protocol = f"crop_val {crop}" if crop else "full images"
     print(f"DeepLab-V3+ evaluation: {len(ids)} images of {args.list} ({protocol}) on {device}, GT {gt_dir}, "
           f"CRF {'on' if args.crf else 'off'} -> {args.out}", flush=True)

@@ -4,7 +4,7 @@
     torchrun --nproc_per_node 2 DeepLabV3Plus-Pytorch/main.py --voc-root /data/VOC2012     # DDP + synchronised BN
 
 Writes ``<out>/checkpoint_final.pth`` (always; never chosen on val), ``checkpoint_<it>.pth`` and ``last.pth``
-every SOLVER.ITER_SAVE iterations (``--resume auto``), ``config.yaml``, ``log.jsonl``.
+every train.save_every updates (``--resume auto``), ``config.yaml``, ``log.jsonl``.
 """
 
 import sys
@@ -20,48 +20,47 @@ from utils.seg.evaluation import imagenet_input  # noqa: E402
 from utils.seg.training import (  # noqa: E402
     deeplab_v3plus_schedule,
     deeplab_v3plus_trainer,
-    load_config,
     train_on_labels,
 )
 
 
 def build_model(cfg):
-    m = cfg["MODEL"]
-    args = {"num_classes": m["NUM_CLASSES"], "depth": m["DEPTH"], "output_stride": m["OUTPUT_STRIDE"],
-            "separable": bool(m["SEPARABLE"]), "width": m["WIDTH"], "head_channels": m["HEAD_CHANNELS"],
-            "project_channels": m["PROJECT_CHANNELS"], "n_blocks": m["N_BLOCKS"]}
-    if m["PRETRAINED"] and (args["width"] != 64 or args["n_blocks"]):
-        raise config.ConfigError("MODEL.PRETRAINED needs the ImageNet ResNet's shape: MODEL.WIDTH 64 and "
-                                 f"MODEL.N_BLOCKS null, not {args['width']} and {args['n_blocks']}")
+    m = cfg["model"]
+    args = {"num_classes": m["num_classes"], "depth": m["depth"], "output_stride": m["output_stride"],
+            "separable": bool(m["separable"]), "stem_channels": m["stem_channels"],
+            "head_channels": m["head_channels"], "project_channels": m["project_channels"], "n_blocks": m["n_blocks"]}
+    if m["pretrained"] and (args["stem_channels"] != 64 or args["n_blocks"]):
+        raise config.ConfigError("model.pretrained needs the ImageNet ResNet's shape: model.stem_channels 64 and "
+                                 f"model.n_blocks null, not {args['stem_channels']} and {args['n_blocks']}")
     weights = None
-    if m["PRETRAINED"] and not m["PRETRAINED_PATH"]:
+    if m["pretrained"] and not m["pretrained_path"]:
         weights = "IMAGENET1K_V1"
     try:
         model = models.build("deeplab_v3plus", **args, weights=weights)
     except Exception as error:  # offline: torchvision cannot download the ImageNet weights
         raise checkpoints.CheckpointError(
             f"ImageNet ResNet-{args['depth']} weights unavailable ({type(error).__name__}): put the torchvision file "
-            "in the torch hub cache, or set MODEL.PRETRAINED_PATH, or MODEL.PRETRAINED false") from None
-    if m["PRETRAINED_PATH"]:
-        state = checkpoints.load_file(m["PRETRAINED_PATH"])
+            "in the torch hub cache, or set model.pretrained_path, or model.pretrained false") from None
+    if m["pretrained_path"]:
+        state = checkpoints.load_file(m["pretrained_path"])
         missing, unexpected = model.backbone.load_state_dict(
             {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
         if missing or unexpected:
-            raise checkpoints.CheckpointError(f"{m['PRETRAINED_PATH']} is not a torchvision ResNet-{args['depth']}")
-    model.set_backbone_bn_momentum(m["BACKBONE_BN_MOMENTUM"])
+            raise checkpoints.CheckpointError(f"{m['pretrained_path']} is not a torchvision ResNet-{args['depth']}")
+    model.set_backbone_bn_momentum(m["backbone_bn_momentum"])
     return model, args
 
 
+def make_transform(cfg):
+    data = cfg["data"]
+    return ImageNetTrainTransform(data["scale_range"], data["crop_size"], data["ignore_label"])
+
+
 def run(args):
-    cfg = load_config(args)
-    data, solver = cfg["DATASET"], cfg["SOLVER"]
     return train_on_labels(
-        cfg, args, name="DeepLab-V3+",
-        out_dir=Path(args.out or REPO / "outputs" / "deeplab_v3plus" / cfg["EXP"]["ID"]),
-        transform=ImageNetTrainTransform(data["SCALE_RANGE"], data["CROP_SIZE"], data["IGNORE_LABEL"]),
-        batch=solver["BATCH_SIZE"], workers=solver["NUM_WORKERS"], build_model=build_model,
+        args, name="DeepLab-V3+", make_transform=make_transform, build_model=build_model,
         make_trainer=deeplab_v3plus_trainer, make_schedule=deeplab_v3plus_schedule,
-        batch_text=f"batch {solver['BATCH_SIZE']}", load_input=imagenet_input)
+        batch_text=lambda train: f"batch {train['batch_size']}", make_input=lambda cfg: imagenet_input)
 
 
 def main(argv=None):

@@ -28,8 +28,8 @@ part() {  # name command...: run, log to LOGS/name.log, remember failures
 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"; } 2>&1 | tee "$LOGS/summary.txt"
 
 part bench_v3plus_bf16 $PY bench/bench_deeplab_v3plus.py --device cuda --crop 513 --batch 16 --depth 101 \
-  --width 64 --amp bf16
-part bench_v3plus_fp32 $PY bench/bench_deeplab_v3plus.py --device cuda --crop 513 --batch 16 --depth 101 --width 64
+  --stem-channels 64 --amp bf16
+part bench_v3plus_fp32 $PY bench/bench_deeplab_v3plus.py --device cuda --crop 513 --batch 16 --depth 101 --stem-channels 64
 part bench_stage1 $PY bench/bench_stage1.py --device cuda --width 1.0 --batch 5
 part tests $PY -m pytest -q -rs -s -p no:cacheprovider tests/test_cuda.py
 part demo timeout "$(( ${BUDGET:-1800} - SECONDS ))" env PYTHON="$PY" bash run.sh --out "$LOGS/demo" --device cuda

@@ -32,34 +32,34 @@ def _stage(in_channels, planes, blocks, stride, dilation, dilate):
 class ResNetFeatures(nn.Module):
     """torchvision's bottleneck ResNet without its pooling and fc: returns (layer1, layer4) features.
 
-    ``width`` is the stem's channel count (64 in every torchvision ResNet; stage ``i`` has ``width * 2**i``
-    bottleneck planes and 4x that many outputs); ``n_blocks`` overrides the blocks per stage of ``depth``.
-    With neither, the modules, names and initialisation are torchvision's, so ImageNet ``weights`` (a torchvision
-    weights name, e.g. ``"IMAGENET1K_V1"``) load strictly; the smaller networks exist for CPU-sized experiments
-    and have no pretrained weights.
+    ``stem_channels`` is the stem's channel count (64 in every torchvision ResNet; stage ``i`` has
+    ``stem_channels * 2**i`` bottleneck planes and 4x that many outputs); ``n_blocks`` overrides the blocks per
+    stage of ``depth``. With neither, the modules, names and initialisation are torchvision's, so ImageNet
+    ``weights`` (a torchvision weights name, e.g. ``"IMAGENET1K_V1"``) load strictly; the smaller networks exist
+    for CPU-sized experiments and have no pretrained weights.
     """
 
-    def __init__(self, depth=101, output_stride=16, weights=None, width=64, n_blocks=None):
+    def __init__(self, depth=101, output_stride=16, weights=None, stem_channels=64, n_blocks=None):
         super().__init__()
         if depth not in BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(BLOCKS)}, got {depth}")
         n_blocks = tuple(n_blocks or BLOCKS[depth])
         if len(n_blocks) != 4 or min(n_blocks) < 1:
             raise ValueError(f"n_blocks must be 4 positive block counts, got {n_blocks}")
-        if weights is not None and (width != 64 or n_blocks != BLOCKS[depth]):
-            raise ValueError(f"ImageNet weights exist only for width 64 and blocks {BLOCKS[depth]}, not width "
-                             f"{width} and blocks {n_blocks}")
+        if weights is not None and (stem_channels != 64 or n_blocks != BLOCKS[depth]):
+            raise ValueError(f"ImageNet weights exist only for stem_channels 64 and blocks {BLOCKS[depth]}, not "
+                             f"{stem_channels} and {n_blocks}")
         dilate = {16: (False, False, True), 8: (False, True, True)}[output_stride]
-        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(3, stem_channels, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        channels, dilation = width, 1
+        channels, dilation = stem_channels, 1
         for index, blocks in enumerate(n_blocks):
-            stage, channels, dilation = _stage(channels, width * 2 ** index, blocks, 1 if index == 0 else 2,
+            stage, channels, dilation = _stage(channels, stem_channels * 2 ** index, blocks, 1 if index == 0 else 2,
                                                dilation, index > 0 and dilate[index - 1])
             setattr(self, f"layer{index + 1}", stage)
-        self.low_level_channels, self.out_channels = width * Bottleneck.expansion, channels
+        self.low_level_channels, self.out_channels = stem_channels * Bottleneck.expansion, channels
         for module in self.modules():  # torchvision's initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -140,16 +140,16 @@ class DeepLabV3PlusHead(nn.Module):
 class DeepLabV3Plus(nn.Module):
     """Logits at the input resolution. ``weights``: torchvision ResNet weights (e.g. ``"IMAGENET1K_V1"``).
 
-    The defaults are the paper's network. ``width`` (ResNet stem channels, 64), ``n_blocks`` (blocks per
+    The defaults are the paper's network. ``stem_channels`` (ResNet stem channels, 64), ``n_blocks`` (blocks per
     stage, from ``depth``), ``head_channels`` (ASPP and decoder, 256) and ``project_channels`` (low-level
     projection, 48) shrink it for CPU-sized experiments without changing a module name.
     """
 
-    def __init__(self, num_classes=21, depth=101, output_stride=16, separable=False, weights=None, width=64,
+    def __init__(self, num_classes=21, depth=101, output_stride=16, separable=False, weights=None, stem_channels=64,
                  head_channels=256, project_channels=48, n_blocks=None):
         super().__init__()
         rates = {16: (6, 12, 18), 8: (12, 24, 36)}[output_stride]
-        self.backbone = ResNetFeatures(depth, output_stride, weights, width, n_blocks)
+        self.backbone = ResNetFeatures(depth, output_stride, weights, stem_channels, n_blocks)
         self.classifier = DeepLabV3PlusHead(self.backbone.out_channels, self.backbone.low_level_channels,
                                             num_classes, rates, separable, head_channels, project_channels)
 

@@ -28,7 +28,7 @@ MODELS = {
     "classifier_fixed_drs": lambda: DRSClassifier(drs=0.55, width=0.25),
     "refine": lambda: RefineNet(width=0.25),
     "deeplab_v2_msc": lambda: deeplab_v2_msc(n_blocks=(1, 1, 1, 1), width=0.25),
-    "deeplab_v3plus": lambda: DeepLabV3Plus(depth=50, width=16, head_channels=64, project_channels=16),
+    "deeplab_v3plus": lambda: DeepLabV3Plus(depth=50, stem_channels=16, head_channels=64, project_channels=16),
 }
 
 
@@ -94,16 +94,16 @@ def test_segmentation_eval_on_cuda_matches_the_original(script, spec, fixture, p
 
 
 # the CPU tests' small networks, trained a little longer so that the loss can be seen to fall
-V3P_ARGS = [*V3P_SMALL, "--device", "cuda", "--set", "SOLVER.BATCH_SIZE=4", "--set", "SOLVER.NUM_WORKERS=2",
-            "--set", "DATASET.CROP_SIZE=129", "--set", "SOLVER.ITER_MAX=20", "--set", "SOLVER.ITER_SAVE=20",
-            "--set", "SOLVER.LOG_EVERY=1"]
+V3P_ARGS = [*V3P_SMALL, "--device", "cuda", "--set", "train.batch_size=4", "--set", "data.num_workers=2",
+            "--set", "data.crop_size=129", "--set", "train.iterations=20", "--set", "train.save_every=20",
+            "--set", "output.log_every=1"]
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16", "null"])
 def test_deeplab_v3plus_trains_on_cuda_with_amp(amp, parity_voc, tmp_path):
     out = tmp_path / "v3p"
     result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml",
-                     "--voc-root", parity_voc, "--out", out, *V3P_ARGS, "--set", f"SOLVER.AMP={amp}")
+                     "--voc-root", parity_voc, "--out", out, *V3P_ARGS, "--set", f"train.amp={amp}")
     assert "CUDA-only" not in result.stdout and "cuda" in result.stdout
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()
               if json.loads(line).get("event") == "train"]
@@ -119,7 +119,7 @@ def test_deeplab_v3plus_trains_on_cuda_with_amp(amp, parity_voc, tmp_path):
 
 def test_deeplab_v2_and_classifier_train_on_cuda(parity_voc, tmp_path):
     run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out", tmp_path / "v2", "--device", "cuda",
-            *V2_SMALL, "--set", "SOLVER.ITER_MAX=3", "--set", "SOLVER.ITER_SAVE=3")
+            *V2_SMALL, "--set", "train.iterations=3", "--set", "train.save_every=3")
     assert torch.load(tmp_path / "v2" / "checkpoint_final.pth", weights_only=True)["iteration"] == 3
     result = run_cli("train_cls.py", "--config", "configs/cls_demo.yaml", "--voc-root", parity_voc,
                      "--out", tmp_path / "cls", "--device", "cuda", "--no-progress", "--set", "data.num_workers=0",

@@ -16,9 +16,10 @@ from tests.conftest import PARITY, REPO, run_cli
 from utils.seg.data import ImageNetTrainTransform
 from utils.seg.training import deeplab_v3plus_groups, poly_lr_min
 
-SMALL = ["--labels", "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50", "--set", "MODEL.WIDTH=16",
-         "--set", "MODEL.PRETRAINED=false", "--set", "SOLVER.BATCH_SIZE=2", "--set", "SOLVER.NUM_WORKERS=0",
-         "--set", "DATASET.CROP_SIZE=65", "--set", "SOLVER.ITER_MAX=2", "--set", "SOLVER.ITER_SAVE=2"]
+SMALL = ["--labels", "SegmentationClassAug", "--no-progress", "--set", "model.depth=50",
+         "--set", "model.stem_channels=16", "--set", "model.pretrained=false", "--set", "train.batch_size=2",
+         "--set", "data.num_workers=0",
+         "--set", "data.crop_size=65", "--set", "train.iterations=2", "--set", "train.save_every=2"]
 
 
 @pytest.mark.parametrize("output_stride,dilate", [(16, [False, False, True]), (8, [False, True, True])])
@@ -40,15 +41,16 @@ def test_backbone_at_width_64_is_torchvisions_resnet(output_stride, dilate):
 
 
 def test_small_model_scales_every_channel_and_block_count():
-    model = DeepLabV3Plus(num_classes=5, depth=50, width=8, head_channels=32, project_channels=6, n_blocks=[1, 2, 1, 1])
+    model = DeepLabV3Plus(num_classes=5, depth=50, stem_channels=8, head_channels=32, project_channels=6,
+                          n_blocks=[1, 2, 1, 1])
     assert model.backbone.conv1.out_channels == 8 and model.backbone.layer4[-1].conv3.out_channels == 256
     assert [len(getattr(model.backbone, f"layer{i}")) for i in (1, 2, 3, 4)] == [1, 2, 1, 1]
     assert model.classifier.project[0].in_channels == 32 and model.classifier.project[0].out_channels == 6
     assert model.classifier.aspp.project[0].in_channels == 5 * 32
     assert model.classifier.classifier[0].in_channels == 32 + 6
     assert model(torch.randn(2, 3, 33, 33)).shape == (2, 5, 33, 33)
-    with pytest.raises(ValueError, match="width 64"):
-        ResNetFeatures(50, weights="IMAGENET1K_V1", width=16)
+    with pytest.raises(ValueError, match="stem_channels 64"):
+        ResNetFeatures(50, weights="IMAGENET1K_V1", stem_channels=16)
     with pytest.raises(ValueError, match="blocks"):
         ResNetFeatures(50, weights="IMAGENET1K_V1", n_blocks=[1, 1, 1, 1])
 
@@ -83,7 +85,7 @@ def test_cpu_training_of_the_demo_config_skips_amp_and_writes_the_final_checkpoi
     assert final["kind"] == "deeplab_v3plus" and final["iteration"] == 2
     model = DeepLabV3Plus(**final["model_args"])
     model.load_state_dict(final["model"])  # strict
-    assert final["model_args"]["width"] == 16 and model.backbone.conv1.out_channels == 16
+    assert final["model_args"]["stem_channels"] == 16 and model.backbone.conv1.out_channels == 16
     assert (out / "config.yaml").is_file()
 
 
@@ -101,6 +103,6 @@ def test_two_process_torchrun_with_synchronised_bn(parity_voc, tmp_path):
 
 def test_imagenet_weights_for_a_narrow_network_are_a_one_line_error(parity_voc, tmp_path):
     result = run_cli("DeepLabV3Plus-Pytorch/main.py", "--voc-root", parity_voc, "--out", tmp_path / "out", *SMALL,
-                     "--set", "MODEL.PRETRAINED=true", check=False)
+                     "--set", "model.pretrained=true", check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "MODEL.PRETRAINED needs the ImageNet ResNet's shape" in result.stderr + result.stdout
+    assert "model.pretrained needs the ImageNet ResNet's shape" in result.stderr + result.stdout

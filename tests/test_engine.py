@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,9 +96,9 @@ STAGE1 = ["train_cls.py", "--config", "configs/cls_demo.yaml", "--no-progress", 
           "--set", "data.val_list=lists/val_cls.txt", "--set", "train.epochs=4", "--set", "train.batch_size=2",
           "--set", "val.every=2", "--set", "model.drs=learnable", "--set", "output.log_every=1"]
 V3P = ["DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml", "--labels",
-       "SegmentationClassAug", "--no-progress", "--set", "MODEL.DEPTH=50", "--set", "MODEL.WIDTH=16",
-       "--set", "SOLVER.BATCH_SIZE=2", "--set", "SOLVER.NUM_WORKERS=1", "--set", "DATASET.CROP_SIZE=65",
-       "--set", "SOLVER.ITER_MAX=7", "--set", "SOLVER.ITER_SAVE=2", "--set", "SOLVER.LOG_EVERY=1"]
+       "SegmentationClassAug", "--no-progress", "--set", "model.depth=50", "--set", "model.stem_channels=16",
+       "--set", "train.batch_size=2", "--set", "data.num_workers=1", "--set", "data.crop_size=65",
+       "--set", "train.iterations=7", "--set", "train.save_every=2", "--set", "output.log_every=1"]
 
 
 @pytest.mark.parametrize("args,final", [(STAGE1, "last.pth"), (V3P, "checkpoint_final.pth")], ids=["stage1", "v3p"])
@@ -143,3 +144,32 @@ def test_two_processes_validate_together_and_score_as_one(parity_voc, tmp_path):
     assert two["metrics"]["val_miou"] == pytest.approx(one["metrics"]["val_miou"], abs=1e-5)
     assert one["metrics"]["val_miou"] > 0 and one["metrics"]["val_accuracy"] == two["metrics"]["val_accuracy"]
     assert two["metrics"]["val_loss"] == pytest.approx(one["metrics"]["val_loss"], rel=1e-6)
+
+
+def _entry_point(script):
+    """The ``main`` of one of the four training scripts, imported from its file (two live in folders whose
+    names are not Python identifiers)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{script.stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+TRAINERS = {"train_cls.py": ["train.epochs=-3", "val.every=-1", "train.batch_size=0", "output.log_every=0"],
+            "train_refine.py": ["train.epochs=0", "train.seed=-1", "data.num_workers=1.5"],
+            "DeepLab-V2-PyTorch/train.py": ["train.iterations=-5", "train.save_every=0", "train.accumulation=0",
+                                            "train.lr_step=0"],
+            "DeepLabV3Plus-Pytorch/main.py": ["train.iterations=0", "train.batch_size=true", "train.amp=fp8"]}
+
+
+@pytest.mark.parametrize("script,bad", [(s, b) for s, values in TRAINERS.items() for b in values])
+def test_every_trainer_refuses_a_bad_count_in_one_line(script, bad, parity_voc, tmp_path, capsys):
+    """Checked when the config is read, before any data or model: exit status 2, one line naming the key, and
+    nothing written."""
+    main = _entry_point(Path(script))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["--voc-root", str(parity_voc), "--out", str(out), "--no-progress", "--set", bad])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {bad.split('=')[0]} must be") and not out.exists()

@@ -74,9 +74,9 @@ def refine(weights, batch):
 
 def deeplab_v2(weights, batch):
     # the recipe's lr / 100: the fixture's random weights diverge at the VOC lr (fixture README, section 6)
-    cfg = config.load(REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml", ["SOLVER.LR=2.5e-6"])
+    cfg = config.load(REPO / "DeepLab-V2-PyTorch" / "configs" / "voc12.yaml", ["train.lr=2.5e-6"])
     model, margs = checkpoints.load_deeplab_v2(weights)
-    assert list(model.scales) == list(cfg["MODEL"]["MSC_SCALES"])
+    assert list(model.scales) == list(cfg["model"]["msc_scales"])
     trainer = deeplab_v2_trainer(cfg, model.double(), margs)
     return (first_update_lr(trainer, deeplab_v2_schedule(cfg)),
             {"image": batch["images"], "label": batch["gt"], "classes": batch["cls_labels"]})
@@ -85,7 +85,7 @@ def deeplab_v2(weights, batch):
 def deeplab_v3plus(weights, batch):
     cfg = config.load(REPO / "DeepLabV3Plus-Pytorch" / "configs" / "voc.yaml")
     model, margs = checkpoints.load_deeplab_v3plus(weights)
-    model.set_backbone_bn_momentum(cfg["MODEL"]["BACKBONE_BN_MOMENTUM"])  # as main.py's build_model
+    model.set_backbone_bn_momentum(cfg["model"]["backbone_bn_momentum"])  # as main.py's build_model
     trainer = deeplab_v3plus_trainer(cfg, model.double(), margs)
     train_mode = trainer.train_mode
 

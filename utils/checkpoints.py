@@ -10,6 +10,7 @@ conv stored twice (``features.N.*`` and ``layerX_convY.*``) and the DRS gates un
 They are read with ``weights_only=True`` too: only numpy's scalar and dtype globals are allow-listed.
 """
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,20 @@ def load_file(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or download? fetch it again")
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's weights-only unpickler met something else
+        found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), "a Python object")
+        raise CheckpointError(
+            f"refused to read checkpoint {path}: it holds more than tensors and numbers ({found}); unpickling it "
+            "could run code, so this project never does. Re-save its state dict from a trusted copy") from None
     except Exception as error:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(error).splitlines()[0]}") from None
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a PyTorch file?): "
+                              f"{type(error).__name__} {first}") from None
 
 
 def save(path, *, kind, model, model_args, optimizer=None, epoch=0, config=None, metrics=None, extra=None):
@@ -206,7 +216,7 @@ def _build(kind, args, state, path, map_location, name):
         model = models.build(kind, **args)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, KeyError) as error:
-        lines = str(error).splitlines()  # a strict-load error names the model first, the offending keys next
+        lines = str(error).splitlines() or [type(error).__name__]  # a strict-load error: model, then keys
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
         raise CheckpointError(f"{path} does not fit {name} {args}: {detail}") from None
     return model.to(map_location), args
@@ -294,6 +304,8 @@ def load_deeplab_v3plus(path, map_location="cpu", released_args=None):
     ours = _ours(checkpoint, "deeplab_v3plus", path, "DeepLab-V3+")
     if ours:
         args, state = ours
+        if "width" in args:  # our files from before the argument was named stem_channels
+            args["stem_channels"] = args.pop("width")
     else:
         state = _released_v3plus_state(checkpoint, path)
         args = {"num_classes": state[_V3PLUS_CLASS_CONV].shape[0], "depth": _deeplab_v3plus_depth(state, path),

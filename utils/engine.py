@@ -101,12 +101,11 @@ class SeededSamples(torch.utils.data.Dataset):
 
 def make_train_loader(dataset, *, batch_size, workers, seed, runtime, drop_last, collate_fn=None):
     """The training loader: ``batch_size`` is the global batch, split over the processes."""
-    if batch_size < 1:
-        raise ConfigError(f"batch size must be at least 1, not {batch_size}")
-    if seed < 0:
-        raise ConfigError(f"the training seed must be 0 or more, not {seed}")
+    if batch_size < 1 or seed < 0:
+        raise ValueError(f"batch_size must be at least 1 and seed 0 or more, not {batch_size} and {seed}")
     if batch_size % runtime.world_size:
-        raise ConfigError(f"global batch {batch_size} is not divisible by {runtime.world_size} processes")
+        raise ConfigError(f"train.batch_size {batch_size} (the global batch) is not divisible by {runtime.world_size} "
+                          "processes")
     local = batch_size // runtime.world_size
     sampler = ResumableSampler(len(dataset), seed, runtime.rank, runtime.world_size)
     if drop_last and len(sampler) < local:
@@ -163,13 +162,14 @@ class Trainer:
 
 
 def _check(schedule):
+    """The schedule's own contract (a trainer's config is checked with key names by ``config.load_run``)."""
     for name in ("updates", "save_every", "accumulate", "log_every"):
         if getattr(schedule, name) < 1:
-            raise ConfigError(f"{name.replace('_', ' ')} must be at least 1, not {getattr(schedule, name)}")
+            raise ValueError(f"Schedule.{name} must be at least 1, not {getattr(schedule, name)}")
     if schedule.val_every < 0:
-        raise ConfigError(f"validation interval must be 0 (never) or more, not {schedule.val_every}")
+        raise ValueError(f"Schedule.val_every must be 0 (never) or more, not {schedule.val_every}")
     if schedule.amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"AMP must be bf16, fp16 or null, not {schedule.amp!r}")
+        raise ValueError(f"Schedule.amp must be bf16, fp16 or None, not {schedule.amp!r}")
 
 
 def _autocast(amp, device):
@@ -232,6 +232,14 @@ def _restore(path, trainer, scaler, runtime):
     state = checkpoints.load_file(path)
     if not checkpoints.is_ours(state) or state.get("kind") != trainer.kind:
         raise checkpoints.CheckpointError(f"{path} is not a {trainer.kind} checkpoint of this project; cannot resume")
+    if dict(state.get("model_args", {})) != dict(trainer.model_args):
+        raise checkpoints.CheckpointError(f"{path} holds a model built with {state.get('model_args')}, this run builds "
+                                          f"{trainer.model_args}; resume with the config it was trained with")
+    saved = (state.get("optimizer") or {}).get("param_groups") or [{}]
+    ours = trainer.optimizer.state_dict()["param_groups"]
+    if state.get("optimizer") is not None and (len(saved) != len(ours) or set(saved[0]) != set(ours[0])):
+        raise checkpoints.CheckpointError(f"{path} was trained with another optimizer or other parameter groups "
+                                          "(train.optimizer, lr groups); resume with the config it was trained with")
     try:
         checkpoints.unwrap(trainer.model).load_state_dict(state["model"])
         if state.get("optimizer") is not None:
@@ -268,24 +276,27 @@ def run(trainer, schedule, loader, runtime, out_dir, *, config=None, resume=None
     """
     out_dir = Path(out_dir)
     _check(schedule)
+    if not resume and (out_dir / "last.pth").is_file():  # a new run would replace it and mix the two logs
+        raise ConfigError(f"{out_dir} already holds a training run (last.pth): continue it with --resume auto, or "
+                          "choose another --out")
+    model, optimizer = trainer.model, trainer.optimizer
+    epoch_length = schedule.epoch_length
+    use_amp = bool(schedule.amp) and runtime.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and schedule.amp == "fp16")
+    done, best = 0, {}
+    if resume:  # before anything is written: a checkpoint that does not fit leaves the folder as it was
+        state = _restore(resume, trainer, scaler, runtime)
+        if "iteration" not in state:  # written by this project's trainers before the engine
+            raise checkpoints.CheckpointError(f"{resume} records no update count; it cannot be resumed exactly")
+        done, best = int(state["iteration"]), state.get("best", {})
     if runtime.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(config_module.dump(config or {})))
         if banner:
             print(banner, flush=True)
-    model, optimizer = trainer.model, trainer.optimizer
-    epoch_length = schedule.epoch_length
-    use_amp = bool(schedule.amp) and runtime.device.type == "cuda"
-    if schedule.amp and not use_amp and runtime.is_main:
-        print(f"AMP ({schedule.amp}) is CUDA-only: training in float32 on {runtime.device}")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and schedule.amp == "fp16")
-    done, best = 0, {}
-    if resume:
-        state = _restore(resume, trainer, scaler, runtime)
-        if "iteration" not in state:  # written by this project's trainers before the engine
-            raise checkpoints.CheckpointError(f"{resume} records no update count; it cannot be resumed exactly")
-        done, best = int(state["iteration"]), state.get("best", {})
-        if runtime.is_main:
+        if schedule.amp and not use_amp:
+            print(f"AMP ({schedule.amp}) is CUDA-only: training in float32 on {runtime.device}")
+        if resume:
             where = f"epoch {done // epoch_length}" if epoch_length else f"iteration {done}"
             print(f"resumed from {resume} after {where}", flush=True)
     net = model
@@ -351,8 +362,8 @@ def run(trainer, schedule, loader, runtime, out_dir, *, config=None, resume=None
             if improved and schedule.select_best:
                 save("best.pth", metrics, rng)
             at_epoch_end = epoch_length and done % epoch_length == 0
-            if at_epoch_end:
-                log.write("epoch", **where, **metrics)
+            if at_epoch_end:  # the epoch's mean loss; its validation is in the "val" record
+                log.write("epoch", **where, train_loss=metrics["train_loss"])
             label = f"epoch {done // epoch_length}" if at_epoch_end else f"iteration {done}"
             text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             print(f"{label}: {text}, lr {lr:.3e}", flush=True)

@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Raised for input the user can fix; every entry point prints its message in one line and exits with 2."""
+
+
+class DataError(UserError):
+    """A problem with the user's data or output folders; the message always names the offending file."""

@@ -1,5 +1,7 @@
 """File helpers: atomic writes, palette PNGs, JSON (lines)."""
 
+import glob
+import hashlib
 import json
 import os
 import tempfile
@@ -7,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from utils.errors import DataError
 
 
 def voc_palette():
@@ -27,19 +31,45 @@ def voc_palette():
     return palette
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def _remove_orphans(path):
+    """Delete the temporaries of ``path`` left by killed processes (``.<name>.<pid>.<random>.tmp``)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
 def _atomic_target(path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     return path, Path(tmp)
 
 
 def atomic_write(path, write_fn):
-    """Call ``write_fn(tmp_path)`` and move the result into place, so a crash never leaves a half file."""
+    """Call ``write_fn(tmp_path)`` and move the result into place, so a crash never leaves a half file. The
+    temporary is unique (concurrent writers never share one), named after its process (a killed writer's is
+    removed by the next write of the same file), and the file gets the umask's mode like any new file."""
     path, tmp = _atomic_target(path)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -86,3 +116,39 @@ def progress(iterable=None, quiet=False, **kwargs):
     from tqdm import tqdm
 
     return tqdm(iterable, disable=True if quiet else None, dynamic_ncols=True, **kwargs)
+
+
+PROVENANCE = "made_with.json"
+
+
+def file_digest(path):
+    """The SHA-256 of a file's bytes (hex)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def claim_folder(folder, settings, what):
+    """Record in ``folder/made_with.json`` the ``settings`` (JSON values) that the files in ``folder`` are made
+    with, or check them against the record. The generation tools keep the files they find (an interrupted run
+    resumes), so a folder made with another checkpoint or other options would silently mix the two; it is refused,
+    and so is a folder that already holds files but no record."""
+    folder = Path(folder)
+    record = folder / PROVENANCE
+    settings = json.loads(json.dumps(settings))  # tuples become lists, as they come back from the file
+    if record.is_file():
+        try:
+            found = json.loads(record.read_text())
+        except ValueError:
+            found = {}
+        if found != settings:
+            keys = sorted(k for k in set(found) | set(settings) if found.get(k) != settings.get(k))
+            raise DataError(f"{folder} holds {what} made with other settings ({', '.join(keys)} differ): "
+                            "choose another --out, or delete the folder to start again")
+        return record
+    if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
+        raise DataError(f"{folder} already holds files but no {PROVENANCE} saying what made them: choose another "
+                        "--out, or delete the folder to start again")
+    return save_json(record, settings)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from utils.errors import UserError
+from utils.errors import DataError
 
 CLASS_NAMES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -30,10 +30,6 @@ GT_DIR = "SegmentationClassAug"
 SALIENCY_DIR = "saliency_map"
 SPLIT_DIR = "ImageSets/Segmentation"
 LIST_DIR = "lists"
-
-
-class DataError(UserError):
-    """A problem with the user's data; the message always names the offending file."""
 
 
 def image_path(voc_root, image_id):

@@ -10,9 +10,10 @@ from PIL import Image
 from utils import voc
 
 
-def bgr_mean(cfg_mean):
-    """The config's ``{R, G, B}`` mean as a BGR float32 vector."""
-    return np.array([cfg_mean["B"], cfg_mean["G"], cfg_mean["R"]], dtype=np.float32)
+def subtract_mean(image, mean_bgr):
+    """Float32 BGR pixels minus the config's ``mean_bgr``, computed in float64 and stored as float32: the
+    original's ``image -= mean`` on a float32 image with a float64 mean, in training and evaluation alike."""
+    return (image - np.asarray(mean_bgr, dtype=np.float64)).astype(np.float32)
 
 
 def load_bgr(path):
@@ -32,7 +33,7 @@ class CaffeTrainTransform:
     mean subtraction. Randomness from torch's generator (seeded per DataLoader worker)."""
 
     def __init__(self, scales, crop, mean_bgr, ignore=voc.IGNORE_LABEL):
-        self.scales, self.crop, self.mean, self.ignore = list(scales), int(crop), mean_bgr, ignore
+        self.scales, self.crop, self.mean, self.ignore = list(scales), int(crop), list(mean_bgr), ignore
 
     def __call__(self, image, label):
         scale = self.scales[int(torch.randint(len(self.scales), ()))]
@@ -41,10 +42,10 @@ class CaffeTrainTransform:
         image, label = resize_pair(image, label, size)
         pad_h, pad_w = max(self.crop - size[0], 0), max(self.crop - size[1], 0)
         if pad_h or pad_w:
-            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.mean.tolist())
+            image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.mean)
             label = cv2.copyMakeBorder(label, 0, pad_h, 0, pad_w, cv2.BORDER_CONSTANT, value=self.ignore)
         image, label = random_crop_flip(image, label, self.crop)
-        image = (image - self.mean).transpose(2, 0, 1)
+        image = subtract_mean(image, self.mean).transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(image)), torch.from_numpy(label.astype(np.int64))
 
 

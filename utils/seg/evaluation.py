@@ -31,7 +31,7 @@ from utils.crf import CRFParams, crf_probabilities, run_parallel
 from utils.distributed import inference_device, shard
 from utils.io import atomic_write, progress, save_json, save_label_png, save_npy
 from utils.metrics import ConfusionMatrix, markdown_table
-from utils.seg.data import load_bgr
+from utils.seg.data import load_bgr, subtract_mean
 from utils.voc import DataError, check_voc_root, image_path, load_image, load_label, read_ids
 from utils.wsss.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -46,9 +46,8 @@ def caffe_input(path, mean_bgr):
     for the CRF that array plus the float64 mean, stored as float32, then truncated to uint8. The round trip
     turns some pixel values v into v - 1, and the original's CRF sees that image, so it is reproduced here.
     """
-    mean = np.asarray(mean_bgr, dtype=np.float64)
-    centred = (load_bgr(path) - mean).astype(np.float32)
-    crf_image = (centred + mean).astype(np.float32).astype(np.uint8)
+    centred = subtract_mean(load_bgr(path), mean_bgr)
+    crf_image = (centred + np.asarray(mean_bgr, dtype=np.float64)).astype(np.float32).astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(centred.transpose(2, 0, 1))), crf_image
 
 
@@ -84,9 +83,9 @@ def crop_gt(gt, size):
 
 
 def crf_params_from_config(crf):
-    """:class:`CRFParams` from a config's ``CRF`` section (``ITER_MAX``, ``POS_W``, ... as in voc12.yaml)."""
-    return CRFParams(iterations=int(crf["ITER_MAX"]), pos_w=crf["POS_W"], pos_xy_std=crf["POS_XY_STD"],
-                     bi_w=crf["BI_W"], bi_xy_std=crf["BI_XY_STD"], bi_rgb_std=crf["BI_RGB_STD"])
+    """:class:`CRFParams` from a config's ``crf`` section (``iter_max``, ``pos_w``, ... as in voc12.yaml)."""
+    return CRFParams(iterations=int(crf["iter_max"]), pos_w=crf["pos_w"], pos_xy_std=crf["pos_xy_std"],
+                     bi_w=crf["bi_w"], bi_xy_std=crf["bi_xy_std"], bi_rgb_std=crf["bi_rgb_std"])
 
 
 def logit_path(out_dir, image_id):
@@ -261,7 +260,7 @@ def eval_inputs(args, val_labels):
     voc_root = check_voc_root(args.voc_root)
     gt_dir = Path(val_labels) if Path(val_labels).is_absolute() else voc_root / val_labels
     if not gt_dir.is_dir():  # found now rather than after every logit is computed
-        raise DataError(f"GT folder {gt_dir} does not exist (DATASET.VAL_LABELS)")
+        raise DataError(f"GT folder {gt_dir} does not exist (data.val_labels)")
     ids = read_ids(args.list)
     if not ids:
         raise DataError(f"list file {args.list} is empty")

@@ -1,6 +1,6 @@
 """The segmentation networks' trainers for :mod:`utils.engine`, on pseudo labels. DeepLab-V2 (the original's
-kazuto1011-based recipe): frozen BN, three lr groups, a poly lr that changes every ``LR_DECAY`` iterations, the
-DRS self-training loss term. DeepLab-V3+ (VainF's recipe): two lr groups, poly with a floor, cross-entropy,
+kazuto1011-based recipe): frozen BN, three lr groups, a poly lr that changes every ``train.lr_step`` updates,
+the DRS self-training loss term. DeepLab-V3+ (VainF's recipe): two lr groups, poly with a floor, cross-entropy,
 AMP on CUDA, synchronised BN under torchrun."""
 
 from pathlib import Path
@@ -83,27 +83,28 @@ def _train_mode(freeze_bn):
 
 
 def deeplab_v2_trainer(cfg, model, model_args):
-    """DeepLab-V2 for :mod:`utils.engine`: three SGD groups, frozen BN (``SOLVER.FREEZE_BN``), the loss over
+    """DeepLab-V2 for :mod:`utils.engine`: three SGD groups, frozen BN (``train.freeze_bn``), the loss over
     the MSC outputs with the optional self-training term."""
-    solver = cfg["SOLVER"]
-    if solver["FREEZE_BN"]:
+    train, ignore = cfg["train"], cfg["data"]["ignore_label"]
+    if train["freeze_bn"]:
         freeze_batchnorm(model)  # before DDP, which must not wait for gradients of frozen parameters
     return engine.Trainer(
         kind=KIND, model=model, model_args=model_args,
-        optimizer=_sgd(parameter_groups(model, solver["LR"], solver["WEIGHT_DECAY"]), solver["MOMENTUM"]),
+        optimizer=_sgd(parameter_groups(model, train["lr"], train["weight_decay"]), train["momentum"]),
         loss=lambda net, batch: segmentation_loss(net(batch["image"]), batch["label"], batch["classes"],
-                                                  solver["SELF_TRAINING"]),
-        train_mode=_train_mode(solver["FREEZE_BN"]))
+                                                  train["self_training"], ignore),
+        train_mode=_train_mode(train["freeze_bn"]))
 
 
 def deeplab_v2_schedule(cfg):
-    """``ITER_MAX`` updates of ``ITER_SIZE`` batches, the poly lr updated every ``LR_DECAY`` iterations."""
-    solver = cfg["SOLVER"]
+    """``train.iterations`` updates of ``train.accumulation`` batches, the poly lr updated every
+    ``train.lr_step`` updates."""
+    train = cfg["train"]
     return engine.Schedule(
-        updates=solver["ITER_MAX"],
-        lr_at=lambda base, done: poly_lr(base, done, solver["ITER_MAX"], solver["LR_DECAY"], solver["POLY_POWER"]),
-        save_every=solver["ITER_SAVE"], keep_checkpoints=True, accumulate=solver["ITER_SIZE"],
-        log_every=solver["LOG_EVERY"], val_every=cfg["VAL"]["EVERY"])
+        updates=train["iterations"],
+        lr_at=lambda base, done: poly_lr(base, done, train["iterations"], train["lr_step"], train["poly_power"]),
+        save_every=train["save_every"], keep_checkpoints=True, accumulate=train["accumulation"],
+        log_every=cfg["output"]["log_every"], val_every=cfg["val"]["every"])
 
 
 def poly_lr_min(base, iteration, max_iterations, power=0.9, min_lr=1e-6):
@@ -121,70 +122,58 @@ def deeplab_v3plus_groups(model, lr, backbone_mult, weight_decay):
 
 def deeplab_v3plus_trainer(cfg, model, model_args):
     """DeepLab-V3+ for :mod:`utils.engine`: two SGD groups, cross-entropy, synchronised BN under torchrun."""
-    solver = cfg["SOLVER"]
-    ignore = cfg["DATASET"]["IGNORE_LABEL"]
-    groups = deeplab_v3plus_groups(model, solver["LR"], solver["BACKBONE_LR_MULT"], solver["WEIGHT_DECAY"])
+    train, ignore = cfg["train"], cfg["data"]["ignore_label"]
+    groups = deeplab_v3plus_groups(model, train["lr"], train["backbone_lr_mult"], train["weight_decay"])
     return engine.Trainer(
-        kind="deeplab_v3plus", model=model, model_args=model_args, optimizer=_sgd(groups, solver["MOMENTUM"]),
+        kind="deeplab_v3plus", model=model, model_args=model_args, optimizer=_sgd(groups, train["momentum"]),
         loss=lambda net, batch: F.cross_entropy(net(batch["image"]), batch["label"], ignore_index=ignore),
-        sync_bn=solver["SYNC_BN"])
+        sync_bn=train["sync_bn"])
 
 
 def deeplab_v3plus_schedule(cfg):
-    """``ITER_MAX`` updates, the poly lr with a floor updated every iteration, AMP on CUDA."""
-    solver = cfg["SOLVER"]
+    """``train.iterations`` updates, the poly lr with a floor updated every update, AMP on CUDA."""
+    train = cfg["train"]
     return engine.Schedule(
-        updates=solver["ITER_MAX"],
-        lr_at=lambda base, done: poly_lr_min(base, done, solver["ITER_MAX"], solver["POLY_POWER"], solver["MIN_LR"]),
-        save_every=solver["ITER_SAVE"], keep_checkpoints=True, amp=solver["AMP"], log_every=solver["LOG_EVERY"],
-        val_every=cfg["VAL"]["EVERY"])
+        updates=train["iterations"],
+        lr_at=lambda base, done: poly_lr_min(base, done, train["iterations"], train["poly_power"], train["min_lr"]),
+        save_every=train["save_every"], keep_checkpoints=True, amp=train["amp"], log_every=cfg["output"]["log_every"],
+        val_every=cfg["val"]["every"])
 
 
 # --- what the two segmentation entry points share -------------------------------------------------------------
 
-def load_config(args):
-    """The config with the command line's overrides; a VOC root is required."""
-    cfg = config_module.load(args.config, args.set)
-    data = cfg["DATASET"]
-    if args.voc_root:
-        data["ROOT"] = args.voc_root
-    if args.labels:
-        data["LABELS"] = args.labels
-    if not data["ROOT"]:
-        raise voc.DataError("no VOC root: pass --voc-root or set DATASET.ROOT")
-    return cfg
-
-
 def validation(cfg, load_input, runtime):
-    """The optional in-training validation (``VAL.EVERY`` > 0): the mIoU on ``DATASET.SPLIT.VAL`` against
-    ``DATASET.VAL_LABELS``, each process scoring its share of the images; ``load_input`` is the network's
+    """The optional in-training validation (``val.every`` > 0): the mIoU on ``data.val_list`` against
+    ``data.val_labels``, each process scoring its share of the images; ``load_input`` is the network's
     input function of :mod:`utils.seg.evaluation`."""
-    data = cfg["DATASET"]
-    if not cfg["VAL"]["EVERY"]:
+    data = cfg["data"]
+    if not cfg["val"]["every"]:
         return None
-    ids = [i for i, _ in voc.list_entries(data["ROOT"], data["SPLIT"]["VAL"])]
-    gt_dir = Path(data["ROOT"]) / data["VAL_LABELS"]
-    return lambda model: {"miou": validation_miou(model, data["ROOT"], ids, gt_dir, load_input, runtime)}
+    ids = [i for i, _ in voc.list_entries(data["voc_root"], data["val_list"])]
+    gt_dir = Path(data["voc_root"]) / data["val_labels"]
+    return lambda model: {"miou": validation_miou(model, data["voc_root"], ids, gt_dir, load_input, runtime)}
 
 
-def train_on_labels(cfg, args, *, name, out_dir, transform, batch, workers, build_model, make_trainer,
-                    make_schedule, batch_text, load_input):
-    """The body of both segmentation trainers: seeding, the pseudo-label dataset and loader, the model, then
-    :func:`utils.engine.run`. ``load_input(path)`` reads a validation image as the network expects it."""
-    data, solver = cfg["DATASET"], cfg["SOLVER"]
+def train_on_labels(args, *, name, make_transform, build_model, make_trainer, make_schedule, batch_text, make_input):
+    """The body of both segmentation trainers: the config, seeding, the pseudo-label dataset and loader, the
+    model, then :func:`utils.engine.run`. ``make_transform(cfg)`` builds the training augmentation and
+    ``make_input(cfg)`` the function reading a validation image as the network expects it."""
+    cfg = config_module.load_run(args)
+    data, train = cfg["data"], cfg["train"]
     runtime = Runtime(args.device)
-    engine.seed_everything(solver["SEED"], runtime.rank)
-    dataset = SegmentationTrainSet(data["ROOT"], voc.list_entries(data["ROOT"], data["SPLIT"]["TRAIN"]),
-                                   data["LABELS"], transform)
-    loader = engine.make_train_loader(dataset, batch_size=batch, workers=workers, seed=solver["SEED"],
-                                      runtime=runtime, drop_last=True)
+    engine.seed_everything(train["seed"], runtime.rank)
+    dataset = SegmentationTrainSet(data["voc_root"], voc.list_entries(data["voc_root"], data["train_list"]),
+                                   data["labels"], make_transform(cfg))
+    loader = engine.make_train_loader(dataset, batch_size=train["batch_size"], workers=data["num_workers"],
+                                      seed=train["seed"], runtime=runtime, drop_last=True)
     model, model_args = build_model(cfg)
     trainer = make_trainer(cfg, model.to(runtime.device), model_args)
-    trainer.validate = validation(cfg, load_input, runtime)
+    trainer.validate = validation(cfg, make_input(cfg), runtime)
     synced = trainer.sync_bn and runtime.distributed
-    banner = (f"{name}: {len(dataset)} images with labels from {dataset.label_dir}, {solver['ITER_MAX']} iterations "
-              f"of {batch_text} on {runtime.world_size} process(es), {runtime.device}"
+    banner = (f"{name}: {len(dataset)} images with labels from {dataset.label_dir}, {train['iterations']} updates "
+              f"of {batch_text(train)} on {runtime.world_size} process(es), {runtime.device}"
               f"{', synchronised BN' if synced else ''}")
+    out_dir = Path(cfg["output"]["dir"])
     return engine.run(trainer, make_schedule(cfg), loader, runtime, out_dir, config=cfg,
                       resume=engine.resume_path(args.resume, out_dir), show_progress=not args.no_progress,
                       banner=banner)

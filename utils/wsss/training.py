@@ -9,7 +9,8 @@ import torch
 from utils import config as config_module
 from utils import engine
 from utils.distributed import Runtime, shard
-from utils.voc import DataError, collate
+from utils.voc import VOCDataset, collate, list_entries
+from utils.wsss.transforms import eval_transform
 
 
 def build_optimizer(groups, cfg):
@@ -53,10 +54,6 @@ def epoch_schedule(cfg, batches_per_epoch):
     """``train.epochs`` epochs of one update per batch, saving at every epoch's end, validating every
     ``val.every`` epochs; the lr is ``epoch_lr_factor`` of the epoch the update falls in."""
     tcfg, vcfg = cfg["train"], cfg["val"]
-    if tcfg["epochs"] < 1:
-        raise config_module.ConfigError(f"train.epochs must be at least 1, not {tcfg['epochs']}")
-    if vcfg["every"] < 0:
-        raise config_module.ConfigError(f"val.every must be 0 (never) or more, not {vcfg['every']}")
     length = batches_per_epoch
     return engine.Schedule(
         updates=tcfg["epochs"] * length, lr_at=lambda base, done: base * epoch_lr_factor(done // length + 1, tcfg),
@@ -64,34 +61,25 @@ def epoch_schedule(cfg, batches_per_epoch):
         log_every=cfg["output"]["log_every"])
 
 
-def load_config(args):
-    """The config with the command line's overrides (``--set``, ``--voc-root``, ``--out``)."""
-    cfg = config_module.load(args.config, args.set)
-    if args.voc_root:
-        cfg["data"]["voc_root"] = args.voc_root
-    if args.out:
-        cfg["output"]["dir"] = args.out
-    if not cfg["data"]["voc_root"]:
-        raise DataError("no VOC root: pass --voc-root or set data.voc_root")
-    return cfg
-
-
 def start(args):
     """An epoch-based trainer's config, its (seeded) process runtime and its VOC root; seeding comes first,
     before any model is built, so a fixed seed gives the same initial weights."""
-    cfg = load_config(args)
+    cfg = config_module.load_run(args)
     runtime = Runtime(args.device)
     engine.seed_everything(cfg["train"]["seed"], runtime.rank)
     return cfg, runtime, Path(cfg["data"]["voc_root"])
 
 
-def validation(cfg, runtime, make_dataset, score):
+def validation(cfg, runtime, score, size, maps_dir=None):
     """The per-epoch validation, or None when ``val.every`` is 0: ``score(model, loader, device, alpha,
-    runtime)`` over this process's share of ``make_dataset()``, in order (the scores are reduced over the
-    processes by ``score``)."""
+    runtime)`` over this process's share of ``data.val_list`` (images squashed to ``size``, with their GT, their
+    saliency and, for stage 2, their stored maps), in order (the scores are reduced over the processes by
+    ``score``)."""
     if not cfg["val"]["every"]:
         return None
-    dataset = make_dataset()
+    root = cfg["data"]["voc_root"]
+    dataset = VOCDataset(root, list_entries(root, cfg["data"]["val_list"]), eval_transform(size),
+                         masks=("label", "saliency"), maps_dir=maps_dir)
     indices = shard(range(len(dataset)), runtime)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices),
                                          batch_size=cfg["train"]["batch_size"], num_workers=cfg["data"]["num_workers"],

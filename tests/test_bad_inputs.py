@@ -1,0 +1,169 @@
+"""Bad inputs end in one line on stderr and exit status 2, name the file or key, and write nothing.
+
+Each case runs an entry point in-process, the way ``python <script> ...`` would, with one thing wrong.
+"""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+
+def entry_point(script):
+    """The ``main`` of a script, imported from its file (the DeepLab folders are not Python packages)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{script.replace('/', '_')[:-3]}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def refused(script, argv, capsys):
+    """Run ``script`` with ``argv``; return its one-line error (asserting exit status 2 and no traceback)."""
+    with pytest.raises(SystemExit) as stop:
+        entry_point(script)(list(map(str, argv)))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+class CodeRunningPickle:
+    """Unpickling this calls ``open(<marker>, 'w')``: a file that appears proves the code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def bad_checkpoints(folder):
+    """``{case: path}`` of checkpoints that must be refused."""
+    folder.mkdir()
+    good = folder / "good.pth"
+    torch.save({"model": {"weight": torch.zeros(3)}}, good)
+    paths = {"missing": folder / "nowhere.pth", "empty": folder / "empty.pth", "truncated": folder / "truncated.pth",
+             "not_pytorch": folder / "text.pth", "code": folder / "code.pth"}
+    paths["empty"].write_bytes(b"")
+    paths["truncated"].write_bytes(good.read_bytes()[:200])
+    paths["not_pytorch"].write_text("this is not a checkpoint\n")
+    torch.save({"model": CodeRunningPickle(str(folder / "CODE_RAN"))}, paths["code"])
+    paths["wrong_keys"] = good
+    return paths
+
+
+CHECKPOINT_MESSAGES = {"missing": "not found", "empty": "is empty", "truncated": "truncated or not a PyTorch file",
+                       "not_pytorch": "truncated or not a PyTorch file", "code": "could run code",
+                       "wrong_keys": "good.pth"}
+CHECKPOINT_READERS = {
+    "evaluate_maps.py": lambda voc, out, ckpt: ["--voc-root", voc, "--list", voc / "lists/train_cls.txt",
+                                                "--checkpoint", ckpt, "--out", out],
+    "make_pseudo_labels.py": lambda voc, out, ckpt: ["--voc-root", voc, "--list", voc / "lists/train_cls.txt",
+                                                     "--checkpoint", ckpt, "--out", out],
+    "DeepLab-V2-PyTorch/eval.py": lambda voc, out, ckpt: ["--voc-root", voc, "--list", voc / "lists/val_cls.txt",
+                                                          "--checkpoint", ckpt, "--out", out,
+                                                          "--set", "data.val_labels=SegmentationClassAug"],
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINT_MESSAGES))
+@pytest.mark.parametrize("script", list(CHECKPOINT_READERS))
+def test_bad_checkpoints_are_refused(script, case, parity_voc, tmp_path, capsys):
+    path = bad_checkpoints(tmp_path / "ckpt")[case]
+    out = tmp_path / "out"
+    err = refused(script, CHECKPOINT_READERS[script](parity_voc, out, path), capsys)
+    assert CHECKPOINT_MESSAGES[case] in err and str(path.name) in err
+    assert not (tmp_path / "ckpt" / "CODE_RAN").exists()  # the pickle's code never ran
+    assert not out.exists() or not any(p.is_file() and not p.name.startswith(".") for p in out.rglob("*"))
+
+
+CONFIG_CASES = {
+    "unknown key": (["--set", "train.learning_rate=0.1"], "unknown config key 'train.learning_rate'"),
+    "text for a number": (["--set", "train.lr=abc"], "train.lr holds a number"),
+    "number for a section": (["--set", "train=5"], "train is a section"),
+    "not YAML": (["--set", "train.lr=[1"], "not valid YAML"),
+    "no key=value": (["--set", "train.lr"], "not of the form key=value"),
+    "zero epochs": (["--set", "train.epochs=0"], "train.epochs must be"),
+    "device name": (["--device", "gpu0"], "gpu0"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_settings_are_refused(case, parity_voc, tmp_path, capsys):
+    extra, message = CONFIG_CASES[case]
+    out = tmp_path / "run"
+    err = refused("train_cls.py", ["--voc-root", parity_voc, "--out", out, "--no-progress", *extra], capsys)
+    assert message in err and not out.exists()
+
+
+def test_a_config_file_that_is_not_yaml_names_its_line(parity_voc, tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("base: " + str(REPO / "configs" / "cls_voc.yaml") + "\ntrain:\n  lr: [0.1\n")
+    err = refused("train_cls.py", ["--config", config, "--voc-root", parity_voc, "--out", tmp_path / "run"], capsys)
+    assert "broken.yaml is not valid YAML (line" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_refused(parity_voc, tmp_path, capsys):
+    err = refused("DeepLabV3Plus-Pytorch/main.py", ["--voc-root", parity_voc, "--out", tmp_path / "run",
+                                                    "--device", "cuda"], capsys)
+    assert "cuda" in err.lower() and os.path.basename(str(tmp_path / "run")) not in os.listdir(tmp_path)
+
+
+TINY_STAGE1 = ["--config", "configs/cls_demo.yaml", "--no-progress", "--set", "data.num_workers=0",
+               "--set", "val.every=0", "--set", "train.epochs=1", "--set", "data.input_size=72",
+               "--set", "data.crop_size=64"]
+
+
+@pytest.fixture()
+def finished_run(parity_voc, tmp_path):
+    """A one-epoch stage-1 run in ``tmp_path/run``."""
+    out = tmp_path / "run"
+    entry_point("train_cls.py")(["--voc-root", str(parity_voc), "--out", str(out), *TINY_STAGE1])
+    assert (out / "last.pth").is_file()
+    return out
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "already holds a training run"),
+    (["--resume", "auto", "--set", "model.width=0.25"], "resume with the config it was trained with"),
+    (["--resume", "auto", "--set", "train.optimizer=sgd"], "another optimizer"),
+])
+def test_a_run_folder_is_never_overwritten_or_resumed_with_another_model(extra, message, finished_run, parity_voc,
+                                                                          capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()}
+    err = refused("train_cls.py", ["--voc-root", parity_voc, "--out", finished_run, *TINY_STAGE1, *extra], capsys)
+    assert message in err
+    assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before  # nothing touched
+
+
+def test_generated_folders_refuse_other_settings_and_keep_their_files(parity_weights, parity_voc, tmp_path, capsys):
+    """Maps, pseudo labels: a rerun with another checkpoint or other options into the same --out would keep the
+    old files and add new ones made differently; it is refused, and a folder of unknown origin too."""
+    refine, other = parity_weights("drs_refine"), parity_weights("drs_refine", seed=1)
+    labels = tmp_path / "labels"
+    argv = ["--voc-root", parity_voc, "--list", parity_voc / "lists/train_cls.txt", "--checkpoint", refine,
+            "--out", labels, "--num-workers", "0", "--size", "64", "--scales", "64"]
+    entry_point("make_pseudo_labels.py")(list(map(str, argv)))
+    written = {p.name: p.read_bytes() for p in labels.glob("*.png")}
+    assert written
+    for change in (["--crf"], ["--alpha", "0.3"], ["--checkpoint", other]):
+        err = refused("make_pseudo_labels.py", [*argv, *change], capsys)
+        assert str(labels) in err and "other settings" in err
+    assert {p.name: p.read_bytes() for p in labels.glob("*.png")} == written
+    (labels / "made_with.json").unlink()
+    err = refused("make_pseudo_labels.py", argv, capsys)
+    assert "no made_with.json" in err
+
+
+def test_maps_refuse_another_checkpoint(parity_weights, parity_voc, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    argv = ["--voc-root", parity_voc, "--list", parity_voc / "lists/train_cls.txt", "--out", maps,
+            "--num-workers", "0", "--size", "64", "--scales", "64"]
+    first = parity_weights("drs_cls_learnable")
+    entry_point("make_localization_maps.py")(list(map(str, [*argv, "--checkpoint", first])))
+    err = refused("make_localization_maps.py", [*argv, "--checkpoint", parity_weights("drs_cls_learnable", 1)], capsys)
+    assert "(checkpoint_sha256 differ)" in err
