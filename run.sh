@@ -13,12 +13,15 @@
 #          Demo only: --variants LIST (stage-1 activations compared; default relu,learnable;
 #                     add a fixed delta such as 0.9 for the ablation),
 #                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0),
-#                     --stage1-only (stop after the stage-1 comparison).
+#                     --stage1-only (stop after the stage-1 comparison),
+#                     --demo-size N (image side in px, default 160; crops, test size and scales follow;
+#                                    outputs in outputs/demo_N unless --out; 224: about 3x the stage-1 time).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
 VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,learnable SEEDS=0 STAGE1_ONLY=0
+DEMO_SIZE=160
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -31,7 +34,8 @@ while [ $# -gt 0 ]; do
     --variants) VARIANTS=$2; shift 2 ;;
     --seeds) SEEDS=$2; shift 2 ;;
     --stage1-only) STAGE1_ONLY=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --demo-size) DEMO_SIZE=$2; shift 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +47,15 @@ for net in ${SEG//,/ }; do
 done
 if ! [[ $VARIANTS =~ ^(relu|learnable|0?\.[0-9]+|1(\.0*)?)(,(relu|learnable|0?\.[0-9]+|1(\.0*)?))*$ ]]; then
   echo "run.sh: --variants takes a comma list of relu, learnable and fixed deltas in (0, 1]; got $VARIANTS" >&2; exit 2
+fi
+if ! [[ $DEMO_SIZE =~ ^[0-9]+$ ]] || [ "$DEMO_SIZE" -lt 96 ]; then
+  echo "run.sh: --demo-size takes an image side of at least 96 px; got $DEMO_SIZE" >&2; exit 2
+fi
+if ! [[ $GPUS =~ ^[1-9][0-9]*$ ]]; then
+  echo "run.sh: --gpus takes a positive number of processes; got $GPUS" >&2; exit 2
+fi
+if ! [[ $DEVICE =~ ^(auto|cpu|cuda(:[0-9]+)?)$ ]]; then
+  echo "run.sh: --device takes auto, cpu, cuda or cuda:N; got $DEVICE" >&2; exit 2
 fi
 if ! [[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   echo "run.sh: --seeds takes a comma list of non-negative integers; got $SEEDS" >&2; exit 2
@@ -78,18 +91,19 @@ demo_stage1() {
   step "class evidence per region: a probe CNN on single-object images"
   $PY -m utils.demo.evidence --out "$OUT/eval/evidence"
   step "pre-training stand-in data: a disjoint synthetic set (seed 1)"
-  $PY -m utils.demo.data --out "$OUT/pretrain/VOC2012" --seed 1
+  $PY -m utils.demo.data --out "$OUT/pretrain/VOC2012" --seed 1 --size "$DEMO_SIZE"
   local seed variant run rows=() pictures=()
   declare -A scores=()
   for seed in ${SEEDS//,/ }; do
     run=$OUT
     [ "$seed" = 0 ] || run=$OUT/seed$seed
     step "pre-training stand-in: plain ReLU (training seed $seed)"
-    train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$run/cls_pretrain" --set train.seed="$seed"
+    train train_cls.py configs/cls_demo_pretrain.yaml "$OUT/pretrain/VOC2012" "$run/cls_pretrain" --set train.seed="$seed" \
+      "${CLS_SIZE_SETS[@]}"
     for variant in ${VARIANTS//,/ }; do
       step "stage 1: classifier with ${variant} activations, fine-tuned from the stand-in (training seed $seed)"
       train train_cls.py configs/cls_demo.yaml "$ROOT" "$run/cls_$variant" --set model.drs="$variant" \
-        --set model.init_from="$run/cls_pretrain/last.pth" --set train.seed="$seed"
+        --set model.init_from="$run/cls_pretrain/last.pth" --set train.seed="$seed" "${CLS_SIZE_SETS[@]}"
       $PY evaluate_maps.py --voc-root "$ROOT" --list "$ROOT/lists/val_cls.txt" --checkpoint "$run/cls_$variant/last.pth" \
         --out "$run/eval/cls_$variant" --name "$variant" --device "$DEVICE" "${SIZE_ARGS[@]}"
       scores[$variant]+="${scores[$variant]:+,}$run/eval/cls_$variant/scores.json"
@@ -114,21 +128,29 @@ demo_stage1() {
 }
 
 if [ -z "$VOC_ROOT" ]; then
-  OUT=${OUT:-outputs/demo}
+  DEFAULT_OUT=outputs/demo
+  [ "$DEMO_SIZE" = 160 ] || DEFAULT_OUT=outputs/demo_$DEMO_SIZE  # never reuse another size's trained runs
+  OUT=${OUT:-$DEFAULT_OUT}
   echo "No --voc-root given: running on the synthetic demo dataset in $OUT (see docs/demo.md)."
   ROOT=$OUT/VOC2012
-  SIZE_ARGS=(--size 160 --scales 128 160 192)  # the VOC test size 320 and scales {256, 320, 384}, halved
+  # the VOC recipe scaled to the demo's side N (160: the VOC values halved): test size N, scales 0.8N/N/1.2N,
+  # training images squashed to 0.9N with 0.8N crops (VOC: 384 and 320 for a 320 test size)
+  N=$DEMO_SIZE
+  SIZE_ARGS=(--size "$N" --scales $(((8 * N + 5) / 10)) "$N" $(((12 * N + 5) / 10)))
+  CLS_SIZE_SETS=(--set data.input_size=$(((9 * N + 5) / 10)) --set data.crop_size=$(((8 * N + 9) / 10))
+                 --set data.test_size="$N")
   CLS_CONFIG=configs/cls_demo.yaml REFINE_CONFIG=configs/refine_demo.yaml
   V2_CONFIG=DeepLab-V2-PyTorch/configs/demo.yaml V3P_CONFIG=DeepLabV3Plus-Pytorch/configs/demo.yaml SEG=${SEG:-v2}
   V3P_PROTOCOLS=(full)  # the demo images are 160 px squares: crop-val at 160 would be the same images
   VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
-  $PY -m utils.demo.data --out "$ROOT"
+  $PY -m utils.demo.data --out "$ROOT" --size "$DEMO_SIZE"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
   [ "$STAGE1_ONLY" = 1 ] && { step "stage 1 only: see $OUT/stage1_comparison.md"; exit 0; }
   REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
   STANDIN=${STANDIN:-$OUT/cls_pretrain/last.pth}
   [ -f "$STANDIN" ] && REFINE_SETS=(--set model.init_from="$STANDIN")
+  REFINE_SETS+=(--set data.size="$DEMO_SIZE")  # the stored maps' size
 else
   OUT=${OUT:-outputs/voc}
   ROOT=$VOC_ROOT

@@ -167,3 +167,64 @@ def test_maps_refuse_another_checkpoint(parity_weights, parity_voc, tmp_path, ca
     entry_point("make_localization_maps.py")(list(map(str, [*argv, "--checkpoint", first])))
     err = refused("make_localization_maps.py", [*argv, "--checkpoint", parity_weights("drs_cls_learnable", 1)], capsys)
     assert "(checkpoint_sha256 differ)" in err
+
+
+def _labels_like_gt(voc_root, folder):
+    """A prediction folder holding the GT maps of ``train_cls.txt`` (a perfect prediction)."""
+    from PIL import Image
+
+    folder.mkdir()
+    ids = [line.split()[0] for line in (voc_root / "lists/train_cls.txt").read_text().splitlines() if line.strip()]
+    for image_id in ids:
+        Image.open(voc_root / "SegmentationClassAug" / f"{image_id}.png").save(folder / f"{image_id}.png")
+    return ids
+
+
+def _put_value(path, value):
+    import numpy as np
+    from PIL import Image
+
+    label = np.array(Image.open(path))
+    label[:3, :3] = value
+    Image.fromarray(label.astype(np.uint8), mode="L").save(path)
+
+
+@pytest.mark.parametrize("case", ["prediction value 77", "GT value 40", "id listed twice"])
+def test_label_scores_refuse_values_they_cannot_count(case, parity_voc, tmp_path, capsys):
+    labels = tmp_path / "pred"
+    ids = _labels_like_gt(parity_voc, labels)
+    listed = parity_voc / "lists/train_cls.txt"
+    if case == "prediction value 77":
+        _put_value(labels / f"{ids[0]}.png", 77)
+        culprit = f"{ids[0]}.png"
+    elif case == "GT value 40":
+        _put_value(parity_voc / "SegmentationClassAug" / f"{ids[-1]}.png", 40)
+        culprit = f"{ids[-1]}.png"
+    else:
+        listed = tmp_path / "twice.txt"
+        listed.write_text("\n".join([*ids, ids[0]]) + "\n")
+        culprit = ids[0]
+    out = tmp_path / "scores"
+    err = refused("evaluate_labels.py", ["--voc-root", parity_voc, "--list", listed, "--labels", labels,
+                                         "--out", out], capsys)
+    assert culprit in err and not out.exists()
+
+
+def test_an_output_folder_under_a_file_is_one_line(parity_voc, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    err = refused("train_cls.py", ["--voc-root", parity_voc, "--out", blocker / "run", *TINY_STAGE1], capsys)
+    assert "a_file" in err and "Not a directory" in err
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(parity_voc, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def no_space(obj, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", no_space)
+    out = tmp_path / "run"
+    err = refused("train_cls.py", ["--voc-root", parity_voc, "--out", out, *TINY_STAGE1], capsys)
+    assert "No space left on device" in err and "last.pth" in err
+    assert not list(out.glob("*.pth")) and not list(out.glob(".*.tmp"))

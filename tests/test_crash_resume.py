@@ -5,8 +5,12 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
-from tests.conftest import REPO
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO, run_cli
 from utils.io import save_json
 
 WRITER = """
@@ -54,3 +58,59 @@ def test_atomic_files_get_the_mode_of_any_new_file(tmp_path):
     plain = tmp_path / "plain.txt"
     plain.write_text("")
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)  # not mkstemp's 0600
+
+
+def kill_when_written(args, folder, pattern, count, timeout=300):
+    """Run a tool and SIGKILL it as soon as ``count`` files matching ``pattern`` exist in ``folder``; return the
+    names present at the kill (every one must already be complete: files appear under their final name only
+    when whole)."""
+    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while len(list(folder.glob(pattern))) < count:
+        assert process.poll() is None, f"the run ended before the kill: {process.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "no output within the timeout"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return sorted(p.name for p in folder.glob(pattern))
+
+
+def same_files(a, b, pattern):
+    names = sorted(p.name for p in a.glob(pattern))
+    assert names == sorted(p.name for p in b.glob(pattern)) and names
+    different = [n for n in names if (a / n).read_bytes() != (b / n).read_bytes()]
+    assert not different, f"{len(different)} files differ after the rerun, e.g. {different[:3]}"
+
+
+def test_killed_localization_maps_rerun_to_the_same_files(parity_weights, parity_voc, tmp_path):
+    args = ["make_localization_maps.py", "--voc-root", parity_voc, "--list", parity_voc / "lists/train_aug_cls.txt",
+            "--checkpoint", parity_weights("drs_cls_learnable"), "--batch-size", "1", "--num-workers", "0",
+            "--size", "96", "--scales", "96", "128"]
+    run_cli(*args, "--out", tmp_path / "whole")
+    killed = tmp_path / "killed"
+    present = kill_when_written([*args, "--out", killed], killed, "*.npy", 1)
+    assert len(present) < len(list((tmp_path / "whole").glob("*.npy"))), "killed too late"
+    for name in present:  # complete files only, never a truncated one under its final name
+        assert np.load(killed / name).shape == np.load(tmp_path / "whole" / name).shape
+    result = run_cli(*args, "--out", killed)
+    assert f"{len(present)} of" in result.stdout
+    same_files(tmp_path / "whole", killed, "*.npy")
+    assert not list(killed.glob(".*.tmp"))
+
+
+def test_killed_crf_pseudo_labels_rerun_to_the_same_files(parity_weights, parity_voc, tmp_path):
+    args = ["make_pseudo_labels.py", "--voc-root", parity_voc, "--list", parity_voc / "lists/train_aug_cls.txt",
+            "--checkpoint", parity_weights("drs_refine"), "--crf", "--jobs", "1", "--num-workers", "0",
+            "--size", "96", "--scales", "96"]
+    run_cli(*args, "--out", tmp_path / "whole")
+    killed = tmp_path / "killed"
+    present = kill_when_written([*args, "--out", killed], killed, "*.png", 1)  # in the CRF pass
+    assert len(present) < len(list((tmp_path / "whole").glob("*.png"))), "killed too late"
+    for name in present:
+        assert Image.open(killed / name).size == Image.open(tmp_path / "whole" / name).size
+    without_crf = run_cli(*[a for a in args if a != "--crf"], "--out", killed, check=False)
+    assert without_crf.returncode == 2 and "other settings" in without_crf.stderr  # never mixed with plain labels
+    run_cli(*args, "--out", killed)
+    same_files(tmp_path / "whole", killed, "*.png")
+    assert not list((killed / ".raw").glob("*.png"))

@@ -29,8 +29,13 @@ def test_help_lists_the_options():
     ("--variants", "relu,0.9,sigmoid", "--variants takes a comma list"),
     ("--variants", "1.5", "--variants takes a comma list"),
     ("--seeds", "0,one", "--seeds takes a comma list"),
+    ("--gpus", "abc", "--gpus takes a positive number"),
+    ("--gpus", "0", "--gpus takes a positive number"),
+    ("--device", "gpu0", "--device takes auto, cpu, cuda"),
+    ("--demo-size", "64", "--demo-size takes an image side of at least 96 px"),
+    ("--demo-size", "big", "--demo-size takes an image side"),
 ])
-def test_bad_stage1_lists_are_refused_before_any_work(option, value, message, tmp_path):
+def test_bad_options_are_refused_before_any_work(option, value, message, tmp_path):
     result = run_sh(option, value, "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()

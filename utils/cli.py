@@ -6,11 +6,16 @@ checkpoint or ``auto``), ``--labels`` (a folder of label PNGs), ``--no-progress`
 """
 
 import argparse
+import errno
+import os
 import sys
 
 from utils.errors import UserError
 
 EXIT_USER_ERROR = 2  # argparse's own exit status for a bad command line
+# the machine's answers a user can act on (a path through a file, no permission, a full or read-only disk)
+FILESYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST,
+                     errno.EISDIR, errno.ENAMETOOLONG}
 
 
 def parser(description, **kwargs):
@@ -47,6 +52,16 @@ def main(run, arg_parser, argv=None):
     try:
         return run(args)
     except UserError as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        fail(" ".join(str(error).split()) or type(error).__name__)
+    except OSError as error:
+        if error.errno not in FILESYSTEM_ERRORS:
+            raise
+        where = error.filename if error.filename is not None else "a file"
+        fail(f"cannot write or read {where}: {error.strerror} (check the path, its permissions and the free space)")
+
+
+def fail(message):
+    """One line on stderr (prefixed with the process's rank under torchrun) and exit status 2."""
+    rank = f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    print(f"{rank}error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)

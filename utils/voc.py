@@ -68,12 +68,23 @@ def load_image(path):
     return _open(path, "image").convert("RGB")
 
 
+def check_label_values(label, path):
+    """Refuse a label map with values other than 0..20 and 255: metrics would silently skip those pixels."""
+    label = np.asarray(label)
+    bad = (label > NUM_CLASSES) & (label != IGNORE_LABEL)
+    if bad.any():
+        values = sorted(int(v) for v in np.unique(label[bad]))[:5]
+        raise DataError(f"label map {path} holds values {values} ({int(bad.sum())} pixels); class ids are 0..20 and "
+                        "255 (ignore)")
+    return label
+
+
 def load_label(path):
-    """A label PNG as an int64 (H, W) array of palette indices."""
+    """A label PNG as an int64 (H, W) array of class ids (0..20, 255 = ignore; anything else is an error)."""
     image = _open(path, "label map")
     if image.mode not in ("P", "L"):
         raise DataError(f"label map {path} has mode {image.mode}; expected a palette (P) or grey (L) PNG of class ids")
-    return np.array(image, dtype=np.int64)
+    return check_label_values(np.array(image, dtype=np.int64), path)
 
 
 def binarise_saliency(saliency):
@@ -102,7 +113,7 @@ def read_list(path, voc_root=None):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"list file not found: {path}")
-    entries = []
+    entries, seen = [], {}
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -114,6 +125,10 @@ def read_list(path, voc_root=None):
         bad = [c for c in classes if not 0 <= c < NUM_CLASSES]
         if bad:
             raise DataError(f"{path}:{number}: unknown class id {bad[0]} for {fields[0]} (valid: 0..{NUM_CLASSES - 1})")
+        if fields[0] in seen:
+            raise DataError(f"{path}:{number}: {fields[0]} is listed twice (line {seen[fields[0]]} too); every image "
+                            "once, or it would count twice")
+        seen[fields[0]] = number
         entries.append((fields[0], classes))
     if not entries:
         raise DataError(f"list file {path} is empty")
@@ -136,7 +151,12 @@ def read_ids(path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"id list not found: {path}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    twice = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if twice:
+        raise DataError(f"{path} lists {twice[0]} more than once ({len(twice)} such ids); every image once, or it "
+                        "would count twice")
+    return ids
 
 
 def derive_cls_lists(voc_root, out_dir=None):
@@ -206,6 +226,8 @@ def load_mask_image(voc_root, key, image_id):
     image = _open(path, {"label": "label map", "saliency": "saliency map", "parts": "part mask"}[key])
     if len(image.getbands()) != 1:
         raise DataError(f"{key} map {path} has {len(image.getbands())} channels ({image.mode}); expected one")
+    if key == "label":
+        check_label_values(np.asarray(image), path)
     return image
 
 
