@@ -6,6 +6,7 @@ Each case runs an entry point in-process, the way ``python <script> ...`` would,
 import importlib.util
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,12 +53,14 @@ def bad_checkpoints(folder):
     paths["not_pytorch"].write_text("this is not a checkpoint\n")
     torch.save({"model": CodeRunningPickle(str(folder / "CODE_RAN"))}, paths["code"])
     paths["wrong_keys"] = good
+    paths["newer_format"] = folder / "newer.pth"
+    torch.save({"format": "drs-reimpl-99", "kind": "classifier", "model": {}}, paths["newer_format"])
     return paths
 
 
 CHECKPOINT_MESSAGES = {"missing": "not found", "empty": "is empty", "truncated": "truncated or not a PyTorch file",
                        "not_pytorch": "truncated or not a PyTorch file", "code": "could run code",
-                       "wrong_keys": "good.pth"}
+                       "wrong_keys": "good.pth", "newer_format": "another version of this project"}
 CHECKPOINT_READERS = {
     "evaluate_maps.py": lambda voc, out, ckpt: ["--voc-root", voc, "--list", voc / "lists/train_cls.txt",
                                                 "--checkpoint", ckpt, "--out", out],
@@ -228,3 +231,98 @@ def test_a_full_disk_is_one_line_and_leaves_no_checkpoint(parity_voc, tmp_path, 
     err = refused("train_cls.py", ["--voc-root", parity_voc, "--out", out, *TINY_STAGE1], capsys)
     assert "No space left on device" in err and "last.pth" in err
     assert not list(out.glob("*.pth")) and not list(out.glob(".*.tmp"))
+
+
+# --- images, lists and saliency maps -----------------------------------------------------------------------
+
+def _first_id(voc_root):
+    return (voc_root / "lists/train_cls.txt").read_text().split()[0]
+
+
+def _break(voc_root, case):
+    """Make one thing wrong in a copy of the parity dataset; return the list to use."""
+    from PIL import Image
+
+    listed = voc_root / "lists/train_cls.txt"
+    first = _first_id(voc_root)
+    image = voc_root / "JPEGImages" / f"{first}.jpg"
+    if case == "list missing":
+        return voc_root / "lists/nowhere.txt"
+    if case == "list empty":
+        listed.write_text("\n")
+    elif case == "list with CRLF":
+        listed.write_bytes(listed.read_bytes().replace(b"\n", b"\r\n"))
+    elif case == "id without image":
+        image.unlink()
+    elif case == "zero-byte JPEG":
+        image.write_bytes(b"")
+    elif case == "truncated JPEG":
+        image.write_bytes(image.read_bytes()[:300])
+    elif case == "text as JPEG":
+        image.write_text("not an image\n")
+    elif case == "grey JPEG":
+        Image.open(image).convert("L").save(image, format="JPEG")
+    elif case == "RGBA PNG as .jpg":
+        Image.open(image).convert("RGBA").save(image, format="PNG")
+    elif case == "16-bit PNG as .jpg":
+        grey = np.array(Image.open(image).convert("L"), dtype=np.uint16) * 257
+        Image.fromarray(grey).save(image, format="PNG")
+    elif case == "1x1 image":
+        Image.new("RGB", (1, 1), (120, 30, 200)).save(image)
+        for folder in ("SegmentationClassAug", "saliency_map"):
+            Image.new("L", (1, 1), 0).save(voc_root / folder / f"{first}.png")
+    elif case == "saliency missing":
+        (voc_root / "saliency_map" / f"{first}.png").unlink()
+    elif case == "saliency of another size":
+        path = voc_root / "saliency_map" / f"{first}.png"
+        Image.open(path).resize((17, 13)).save(path)
+    elif case == "saliency in colour":
+        path = voc_root / "saliency_map" / f"{first}.png"
+        Image.open(path).convert("RGB").save(path)
+    return listed
+
+
+# (case, one-line message or None where the input is usable and must be handled)
+IMAGE_CASES = [("list missing", "list file not found"), ("list empty", "is empty"), ("list with CRLF", None),
+               ("id without image", "missing image"), ("zero-byte JPEG", "cannot decode image"),
+               ("truncated JPEG", "cannot decode image"), ("text as JPEG", "cannot decode image"),
+               ("grey JPEG", None), ("RGBA PNG as .jpg", None), ("16-bit PNG as .jpg", None), ("1x1 image", None)]
+SALIENCY_CASES = [("saliency missing", "missing saliency map"), ("saliency of another size", "saliency map of"),
+                  ("saliency in colour", "expected one")]
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "loader-workers"])
+@pytest.mark.parametrize("case,message", IMAGE_CASES, ids=[c for c, _ in IMAGE_CASES])
+def test_bad_images_and_lists(case, message, workers, parity_weights, parity_voc, tmp_path, capsys):
+    """Through make_localization_maps.py, with the images read in the process or in DataLoader workers (whose
+    errors come back wrapped in the worker's traceback: only the message may reach the user)."""
+    listed = _break(parity_voc, case)
+    out = tmp_path / "maps"
+    argv = ["--voc-root", parity_voc, "--list", listed, "--checkpoint", parity_weights("drs_cls_learnable"),
+            "--out", out, "--size", "64", "--scales", "64", "--num-workers", workers]
+    if message is None:
+        entry_point("make_localization_maps.py")(list(map(str, argv)))
+        maps = sorted(out.glob("*.npy"))
+        assert len(maps) == 6 and all(np.load(m).shape == (20, 64, 64) for m in maps)
+        if case == "16-bit PNG as .jpg":  # scaled to 8 bits, not clipped to white
+            from utils import voc
+
+            pixels = np.asarray(voc.load_image(parity_voc / "JPEGImages" / f"{_first_id(parity_voc)}.jpg"))
+            assert 0 < pixels.mean() < 250 and pixels.std() > 10
+        return
+    err = refused("make_localization_maps.py", argv, capsys)
+    assert message in err and "Traceback" not in err and 'File "' not in err
+    if case not in ("list missing", "list empty"):
+        assert _first_id(parity_voc) in err or "train_cls.txt" in err
+    assert not list(out.glob("*.npy"))
+
+
+@pytest.mark.parametrize("case,message", SALIENCY_CASES, ids=[c for c, _ in SALIENCY_CASES])
+def test_bad_saliency_maps(case, message, parity_weights, parity_voc, tmp_path, capsys):
+    listed = _break(parity_voc, case)
+    out = tmp_path / "labels"
+    err = refused("make_pseudo_labels.py", ["--voc-root", parity_voc, "--list", listed, "--checkpoint",
+                                            parity_weights("drs_refine"), "--out", out, "--size", "64", "--scales",
+                                            "64", "--num-workers", "0"], capsys)
+    assert message in err and _first_id(parity_voc) in err
+    assert not list(out.glob("*.png"))

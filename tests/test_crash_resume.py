@@ -98,6 +98,13 @@ def test_killed_localization_maps_rerun_to_the_same_files(parity_weights, parity
     same_files(tmp_path / "whole", killed, "*.npy")
     assert not list(killed.glob(".*.tmp"))
 
+    # two runs into one folder at once: each file is written whole by one of them, none is corrupted
+    shared = tmp_path / "shared"
+    runs = [subprocess.Popen([sys.executable, *map(str, args), "--out", str(shared)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [run.wait() for run in runs] == [0, 0], [run.stderr.read()[-1000:] for run in runs]
+    same_files(tmp_path / "whole", shared, "*.npy")
+
 
 def test_killed_crf_pseudo_labels_rerun_to_the_same_files(parity_weights, parity_voc, tmp_path):
     args = ["make_pseudo_labels.py", "--voc-root", parity_voc, "--list", parity_voc / "lists/train_aug_cls.txt",

@@ -196,6 +196,10 @@ def load_refiner(path, map_location="cpu"):
 def _ours(checkpoint, kind, path, what):
     """``(model_args, state)`` of our checkpoint of ``kind``; None for a file in another format."""
     if not is_ours(checkpoint):
+        version = checkpoint.get("format") if isinstance(checkpoint, dict) else None
+        if isinstance(version, str) and version.startswith("drs-reimpl-"):
+            raise CheckpointError(f"{path} was written in format {version} by another version of this project; this "
+                                  f"one reads {FORMAT_TAG}: update the code (or re-save the checkpoint with it)")
         return None
     if checkpoint["kind"] != kind:
         raise CheckpointError(f"{path} holds a {checkpoint['kind']} network, not {what}")

@@ -52,12 +52,22 @@ def main(run, arg_parser, argv=None):
     try:
         return run(args)
     except UserError as error:
-        fail(" ".join(str(error).split()) or type(error).__name__)
+        fail(user_message(error))
     except OSError as error:
         if error.errno not in FILESYSTEM_ERRORS:
             raise
         where = error.filename if error.filename is not None else "a file"
         fail(f"cannot write or read {where}: {error.strerror} (check the path, its permissions and the free space)")
+
+
+def user_message(error):
+    """The error's message in one line. An error raised in a DataLoader worker comes back with the worker's
+    traceback in its text; only the original message (the traceback's last line) is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(f"{type(error).__module__}.") else last
+    return " ".join(text.split()) or type(error).__name__
 
 
 def fail(message):

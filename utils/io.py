@@ -151,4 +151,13 @@ def claim_folder(folder, settings, what):
     if folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir()):
         raise DataError(f"{folder} already holds files but no {PROVENANCE} saying what made them: choose another "
                         "--out, or delete the folder to start again")
-    return save_json(record, settings)
+    _, tmp = _atomic_target(record)
+    try:
+        tmp.write_text(json.dumps(settings, indent=1) + "\n")
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.link(tmp, record)  # fails if another run claimed the folder since the check: then compare with it
+    except FileExistsError:
+        return claim_folder(folder, settings, what)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return record

@@ -64,8 +64,13 @@ def _open(path, what):
 
 
 def load_image(path):
-    """An RGB PIL image (grey and palette JPEGs are converted, like the original's ``convert('RGB')``)."""
-    return _open(path, "image").convert("RGB")
+    """An RGB PIL image (grey and palette JPEGs are converted, like the original's ``convert('RGB')``; 16-bit
+    images are scaled to 8 bits, where PIL's conversion would clip them to white)."""
+    image = _open(path, "image")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(pixels / 257.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 def check_label_values(label, path):
