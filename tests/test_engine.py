@@ -101,10 +101,32 @@ V3P = ["DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/confi
        "--set", "train.iterations=7", "--set", "train.save_every=2", "--set", "output.log_every=1"]
 
 
-@pytest.mark.parametrize("args,final", [(STAGE1, "last.pth"), (V3P, "checkpoint_final.pth")], ids=["stage1", "v3p"])
-def test_a_killed_run_resumes_to_the_uninterrupted_weights(parity_voc, tmp_path, args, final):
-    """Stage 1: 3 updates an epoch (6 images, batch 2), killed after an epoch. DeepLab-V3+ (dropout in its
+V2 = ["DeepLab-V2-PyTorch/train.py", "--config", "DeepLab-V2-PyTorch/configs/demo.yaml", "--labels",
+      "SegmentationClassAug", "--no-progress", "--set", "model.width=0.125", "--set", "train.batch_size=2",
+      "--set", "train.accumulation=2", "--set", "data.num_workers=1", "--set", "data.crop_size=65",
+      "--set", "train.iterations=5", "--set", "train.save_every=2", "--set", "output.log_every=1"]
+REFINE = ["train_refine.py", "--config", "configs/refine_demo.yaml", "--no-progress", "--set", "data.size=64",
+          "--set", "data.num_workers=1", "--set", "data.val_list=lists/val_cls.txt", "--set", "train.epochs=3",
+          "--set", "train.batch_size=2", "--set", "val.every=0", "--set", "output.log_every=1"]
+
+
+def with_maps(voc_root, tmp_path, parity_weights):
+    """Stage 2 reads stage-1 maps: 64-px maps of the parity images from the parity classifier."""
+    maps = tmp_path / "maps"
+    run_cli("make_localization_maps.py", "--voc-root", voc_root, "--list", voc_root / "lists/train_aug_cls.txt",
+            "--checkpoint", parity_weights("drs_cls_learnable"), "--out", maps, "--size", "64", "--scales", "64",
+            "--num-workers", "0")
+    return ["--set", f"data.maps_dir={maps}"]
+
+
+@pytest.mark.parametrize("args,final", [(STAGE1, "last.pth"), (REFINE, "last.pth"), (V2, "checkpoint_final.pth"),
+                                        (V3P, "checkpoint_final.pth")], ids=["stage1", "refine", "v2", "v3p"])
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(parity_voc, tmp_path, parity_weights, args, final):
+    """Stage 1 and 2: 3 updates an epoch (6 images, batch 2), killed after an epoch. DeepLab-V2: 2 batches an
+    update (accumulation), killed after its 2nd update, in the middle of an epoch. DeepLab-V3+ (dropout in its
     head): 3 batches an epoch, killed after its 2nd update, so the resume starts in the middle of an epoch."""
+    if args is REFINE:
+        args = [*args, *with_maps(parity_voc, tmp_path, parity_weights)]
     run_cli(*args, "--voc-root", parity_voc, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
     kill_after_first_checkpoint([*args, "--voc-root", parity_voc, "--out", killed], killed / "last.pth")
