@@ -21,6 +21,28 @@ def entry_point(script):
     return module.main
 
 
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(kind, seed) -> path``: narrow, untrained classifier and refinement checkpoints in our format (cheap to
+    load and run; the error paths and the file handling do not need trained weights)."""
+    import models
+    from utils import checkpoints
+
+    folder = tmp_path_factory.mktemp("tiny")
+    made = {}
+
+    def make(kind, seed=0):
+        if (kind, seed) not in made:
+            torch.manual_seed(seed)
+            args = {"classifier": {"num_classes": 20, "drs": "learnable", "width": 0.125},
+                    "refine": {"num_classes": 20, "width": 0.125}}[kind]
+            made[kind, seed] = checkpoints.save(folder / f"{kind}_{seed}.pth", kind=kind,
+                                                model=models.build(kind, **args), model_args=args)
+        return made[kind, seed]
+
+    return make
+
+
 def refused(script, argv, capsys):
     """Run ``script`` with ``argv``; return its one-line error (asserting exit status 2 and no traceback)."""
     with pytest.raises(SystemExit) as stop:
@@ -143,10 +165,10 @@ def test_a_run_folder_is_never_overwritten_or_resumed_with_another_model(extra, 
     assert {p.name: p.stat().st_mtime_ns for p in finished_run.iterdir()} == before  # nothing touched
 
 
-def test_generated_folders_refuse_other_settings_and_keep_their_files(parity_weights, parity_voc, tmp_path, capsys):
+def test_generated_folders_refuse_other_settings_and_keep_their_files(tiny, parity_voc, tmp_path, capsys):
     """Maps, pseudo labels: a rerun with another checkpoint or other options into the same --out would keep the
     old files and add new ones made differently; it is refused, and a folder of unknown origin too."""
-    refine, other = parity_weights("drs_refine"), parity_weights("drs_refine", seed=1)
+    refine, other = tiny("refine"), tiny("refine", seed=1)
     labels = tmp_path / "labels"
     argv = ["--voc-root", parity_voc, "--list", parity_voc / "lists/train_cls.txt", "--checkpoint", refine,
             "--out", labels, "--num-workers", "0", "--size", "64", "--scales", "64"]
@@ -162,13 +184,13 @@ def test_generated_folders_refuse_other_settings_and_keep_their_files(parity_wei
     assert "no made_with.json" in err
 
 
-def test_maps_refuse_another_checkpoint(parity_weights, parity_voc, tmp_path, capsys):
+def test_maps_refuse_another_checkpoint(tiny, parity_voc, tmp_path, capsys):
     maps = tmp_path / "maps"
     argv = ["--voc-root", parity_voc, "--list", parity_voc / "lists/train_cls.txt", "--out", maps,
             "--num-workers", "0", "--size", "64", "--scales", "64"]
-    first = parity_weights("drs_cls_learnable")
+    first = tiny("classifier")
     entry_point("make_localization_maps.py")(list(map(str, [*argv, "--checkpoint", first])))
-    err = refused("make_localization_maps.py", [*argv, "--checkpoint", parity_weights("drs_cls_learnable", 1)], capsys)
+    err = refused("make_localization_maps.py", [*argv, "--checkpoint", tiny("classifier", 1)], capsys)
     assert "(checkpoint_sha256 differ)" in err
 
 
@@ -291,14 +313,18 @@ SALIENCY_CASES = [("saliency missing", "missing saliency map"), ("saliency of an
                   ("saliency in colour", "expected one")]
 
 
-@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "loader-workers"])
-@pytest.mark.parametrize("case,message", IMAGE_CASES, ids=[c for c, _ in IMAGE_CASES])
-def test_bad_images_and_lists(case, message, workers, parity_weights, parity_voc, tmp_path, capsys):
+# read in the process, and for two cases in DataLoader workers too
+IMAGE_RUNS = [(case, message, 0) for case, message in IMAGE_CASES] + [
+    ("truncated JPEG", "cannot decode image", 2), ("16-bit PNG as .jpg", None, 2)]
+
+
+@pytest.mark.parametrize("case,message,workers", IMAGE_RUNS, ids=[f"{c}-{w}-workers" for c, _, w in IMAGE_RUNS])
+def test_bad_images_and_lists(case, message, workers, tiny, parity_voc, tmp_path, capsys):
     """Through make_localization_maps.py, with the images read in the process or in DataLoader workers (whose
     errors come back wrapped in the worker's traceback: only the message may reach the user)."""
     listed = _break(parity_voc, case)
     out = tmp_path / "maps"
-    argv = ["--voc-root", parity_voc, "--list", listed, "--checkpoint", parity_weights("drs_cls_learnable"),
+    argv = ["--voc-root", parity_voc, "--list", listed, "--checkpoint", tiny("classifier"),
             "--out", out, "--size", "64", "--scales", "64", "--num-workers", workers]
     if message is None:
         entry_point("make_localization_maps.py")(list(map(str, argv)))
@@ -318,11 +344,11 @@ def test_bad_images_and_lists(case, message, workers, parity_weights, parity_voc
 
 
 @pytest.mark.parametrize("case,message", SALIENCY_CASES, ids=[c for c, _ in SALIENCY_CASES])
-def test_bad_saliency_maps(case, message, parity_weights, parity_voc, tmp_path, capsys):
+def test_bad_saliency_maps(case, message, tiny, parity_voc, tmp_path, capsys):
     listed = _break(parity_voc, case)
     out = tmp_path / "labels"
     err = refused("make_pseudo_labels.py", ["--voc-root", parity_voc, "--list", listed, "--checkpoint",
-                                            parity_weights("drs_refine"), "--out", out, "--size", "64", "--scales",
+                                            tiny("refine"), "--out", out, "--size", "64", "--scales",
                                             "64", "--num-workers", "0"], capsys)
     assert message in err and _first_id(parity_voc) in err
     assert not list(out.glob("*.png"))

@@ -86,7 +86,7 @@ def same_files(a, b, pattern):
 def test_killed_localization_maps_rerun_to_the_same_files(parity_weights, parity_voc, tmp_path):
     args = ["make_localization_maps.py", "--voc-root", parity_voc, "--list", parity_voc / "lists/train_aug_cls.txt",
             "--checkpoint", parity_weights("drs_cls_learnable"), "--batch-size", "1", "--num-workers", "0",
-            "--size", "96", "--scales", "96", "128"]
+            "--size", "256", "--scales", "256"]  # ~0.3 s an image: the kill lands before the last one
     run_cli(*args, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
     present = kill_when_written([*args, "--out", killed], killed, "*.npy", 1)

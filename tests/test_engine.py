@@ -94,7 +94,8 @@ def kill_after_first_checkpoint(args, checkpoint, timeout=240):
 
 STAGE1 = ["train_cls.py", "--config", "configs/cls_demo.yaml", "--no-progress", "--set", "data.num_workers=1",
           "--set", "data.val_list=lists/val_cls.txt", "--set", "train.epochs=4", "--set", "train.batch_size=2",
-          "--set", "val.every=2", "--set", "model.drs=learnable", "--set", "output.log_every=1"]
+          "--set", "val.every=2", "--set", "model.drs=learnable", "--set", "output.log_every=1",
+          "--set", "data.input_size=72", "--set", "data.crop_size=64", "--set", "data.test_size=64"]
 V3P = ["DeepLabV3Plus-Pytorch/main.py", "--config", "DeepLabV3Plus-Pytorch/configs/demo.yaml", "--labels",
        "SegmentationClassAug", "--no-progress", "--set", "model.depth=50", "--set", "model.stem_channels=16",
        "--set", "train.batch_size=2", "--set", "data.num_workers=1", "--set", "data.crop_size=65",

@@ -51,7 +51,8 @@ def test_cosine_schedule_starts_at_base_and_decays():
 def train_args(voc_root, out, *extra):
     return ["train_cls.py", "--config", "configs/cls_demo.yaml", "--voc-root", voc_root, "--out", out,
             "--no-progress", "--set", "data.num_workers=0", "--set", "data.val_list=lists/val_cls.txt",
-            "--set", "val.every=1", *extra]
+            "--set", "val.every=1", "--set", "data.input_size=72", "--set", "data.crop_size=64",
+            "--set", "data.test_size=64", *extra]
 
 
 def test_short_run_writes_resumable_checkpoints_and_log(parity_voc, tmp_path):
