@@ -182,7 +182,7 @@ TRAINERS = {"train_cls.py": ["train.epochs=-3", "val.every=-1", "train.batch_siz
             "train_refine.py": ["train.epochs=0", "train.seed=-1", "data.num_workers=1.5"],
             "DeepLab-V2-PyTorch/train.py": ["train.iterations=-5", "train.save_every=0", "train.accumulation=0",
                                             "train.lr_step=0"],
-            "DeepLabV3Plus-Pytorch/main.py": ["train.iterations=0", "train.batch_size=true", "train.amp=fp8"]}
+            "DeepLabV3Plus-Pytorch/main.py": ["train.iterations=0", "train.batch_size=2.5", "train.amp=fp8"]}
 
 
 @pytest.mark.parametrize("script,bad", [(s, b) for s, values in TRAINERS.items() for b in values])
