@@ -1,3 +1,4 @@
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -16,6 +17,14 @@ def run_cli(*args, check=True):
     if check and result.returncode != 0:
         raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def entry_point(script):
+    """The ``main`` of a script, imported from its file (the DeepLab folders are not Python packages)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{str(script).replace('/', '_')[:-3]}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
 
 @pytest.fixture(scope="session")

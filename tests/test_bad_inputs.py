@@ -3,22 +3,13 @@
 Each case runs an entry point in-process, the way ``python <script> ...`` would, with one thing wrong.
 """
 
-import importlib.util
 import os
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
-
-
-def entry_point(script):
-    """The ``main`` of a script, imported from its file (the DeepLab folders are not Python packages)."""
-    spec = importlib.util.spec_from_file_location(f"entry_{script.replace('/', '_')[:-3]}", REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+from tests.conftest import REPO, entry_point
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, entry_point, run_cli
 from utils import engine
 from utils.distributed import Runtime
 from utils.reports import curves
@@ -169,15 +168,6 @@ def test_two_processes_validate_together_and_score_as_one(parity_voc, tmp_path):
     assert two["metrics"]["val_loss"] == pytest.approx(one["metrics"]["val_loss"], rel=1e-6)
 
 
-def _entry_point(script):
-    """The ``main`` of one of the four training scripts, imported from its file (two live in folders whose
-    names are not Python identifiers)."""
-    spec = importlib.util.spec_from_file_location(f"entry_{script.stem}", REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 TRAINERS = {"train_cls.py": ["train.epochs=-3", "val.every=-1", "train.batch_size=0", "output.log_every=0"],
             "train_refine.py": ["train.epochs=0", "train.seed=-1", "data.num_workers=1.5"],
             "DeepLab-V2-PyTorch/train.py": ["train.iterations=-5", "train.save_every=0", "train.accumulation=0",
@@ -189,7 +179,7 @@ TRAINERS = {"train_cls.py": ["train.epochs=-3", "val.every=-1", "train.batch_siz
 def test_every_trainer_refuses_a_bad_count_in_one_line(script, bad, parity_voc, tmp_path, capsys):
     """Checked when the config is read, before any data or model: exit status 2, one line naming the key, and
     nothing written."""
-    main = _entry_point(Path(script))
+    main = entry_point(script)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         main(["--voc-root", str(parity_voc), "--out", str(out), "--no-progress", "--set", bad])
