@@ -4,12 +4,19 @@
 #   bash run.sh                                  # the synthetic demo dataset (CPU, minutes)
 #   bash run.sh --voc-root /data/VOC2012         # PASCAL VOC 2012 (GPU)
 #   bash run.sh --voc-root /data/VOC2012 --refine-checkpoint Refine_DRS_learnable.pth   # straight to stage 3
+#   bash run.sh --voc-root /data/VOC2012 --fetch --released checkpoints   # download what is needed, then stage 3
 #
 # Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
 #          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
 #          --seg none|v2|v3p|v2,v3p (segmentation networks trained on the pseudo labels, evaluated on val;
 #                demo default v2; v2,v3p adds DeepLab-V3+, about 10 more CPU minutes),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
+#          VOC only: --fetch (first download what the chosen stages read: python -m utils.assets),
+#                    --released checkpoints|labels|deeplab (the authors' files instead of our stages:
+#                          checkpoints: stage 3 from Refine_DRS_learnable.pth; labels: DeepLab (--seg, default v2)
+#                          on the released pseudo labels; deeplab: evaluate the released DeepLab of --seg),
+#                    --mirror URL (fetch the same file names from there), --assets-home DIR (where
+#                          checkpoints/released/ and DeepLab-V2-PyTorch/data/ are; default: this repository).
 #          Demo only: --variants LIST (stage-1 activations compared; default relu,learnable;
 #                     add a fixed delta such as 0.9 for the ablation),
 #                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0),
@@ -21,7 +28,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
 VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,learnable SEEDS=0 STAGE1_ONLY=0
-DEMO_SIZE=160
+DEMO_SIZE=160 FETCH=0 RELEASED="" MIRROR="" ASSETS_HOME=.
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -35,7 +42,11 @@ while [ $# -gt 0 ]; do
     --seeds) SEEDS=$2; shift 2 ;;
     --stage1-only) STAGE1_ONLY=1; shift ;;
     --demo-size) DEMO_SIZE=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --fetch) FETCH=1; shift ;;
+    --released) RELEASED=$2; shift 2 ;;
+    --mirror) MIRROR=$2; shift 2 ;;
+    --assets-home) ASSETS_HOME=$2; shift 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -56,6 +67,16 @@ if ! [[ $GPUS =~ ^[1-9][0-9]*$ ]]; then
 fi
 if ! [[ $DEVICE =~ ^(auto|cpu|cuda(:[0-9]+)?)$ ]]; then
   echo "run.sh: --device takes auto, cpu, cuda or cuda:N; got $DEVICE" >&2; exit 2
+fi
+if ! [[ $RELEASED =~ ^(|checkpoints|labels|deeplab)$ ]]; then
+  echo "run.sh: --released takes checkpoints, labels or deeplab; got $RELEASED" >&2; exit 2
+fi
+if [ -z "$VOC_ROOT" ] && [ "$FETCH$RELEASED$MIRROR" != 0 ]; then
+  echo "run.sh: --fetch, --released and --mirror are for PASCAL VOC: add --voc-root DIR" >&2; exit 2
+fi
+if [[ $RELEASED =~ ^(labels|deeplab)$ ]]; then
+  SEG=${SEG:-v2}
+  [ "$SEG" != none ] || { echo "run.sh: --released $RELEASED needs a network: --seg v2, v3p or v2,v3p" >&2; exit 2; }
 fi
 if ! [[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]]; then
   echo "run.sh: --seeds takes a comma list of non-negative integers; got $SEEDS" >&2; exit 2
@@ -161,10 +182,29 @@ else
   VAL_IDS=$ROOT/ImageSets/Segmentation/val.txt
   [ "$GPUS" -gt 1 ] && V2_CONFIG=DeepLab-V2-PyTorch/configs/voc12_2gpu.yaml
   REFINE_SETS=()
+  asset_path() { $PY -m utils.assets path --home "$ASSETS_HOME" "$1"; }  # where utils.assets puts an asset
   echo "VOC root: $ROOT; outputs in $OUT."
+  if [ "$FETCH" = 1 ]; then
+    groups=(voc)  # the images, the train_aug labels, the saliency maps
+    case "$RELEASED" in
+      checkpoints) groups+=(released) ;;
+      labels) groups+=(released-labels) ;;
+      deeplab) groups+=(deeplab-released) ;;
+      *) [ -n "$REFINE_CKPT" ] || groups+=(train) ;;  # ImageNet VGG-16 for stages 1 and 2
+    esac
+    if [ "$RELEASED" != deeplab ]; then
+      for net in ${SEG//,/ }; do [ "$net" = none ] || groups+=("$net"); done  # COCO init / ImageNet ResNet-101
+    fi
+    step "fetching: ${groups[*]}"
+    $PY -m utils.assets fetch --voc-root "$ROOT" --home "$ASSETS_HOME" ${MIRROR:+--mirror "$MIRROR"} "${groups[@]}"
+  fi
+  case "$RELEASED" in
+    checkpoints) REFINE_CKPT=${REFINE_CKPT:-$(asset_path refine-learnable)} ;;
+    labels) $PY -m utils.assets verify --voc-root "$ROOT" pseudo-labels ;;  # not our own stage 3's labels
+  esac
   step "image-level label lists"
   [ -f "$ROOT/lists/train_aug_cls.txt" ] || $PY -m utils.voc --voc-root "$ROOT"
-  if [ -z "$CLS_CKPT$REFINE_CKPT" ]; then
+  if [ -z "$CLS_CKPT$REFINE_CKPT$RELEASED" ]; then
     step "stage 1: DRS classifier"
     train train_cls.py "$CLS_CONFIG" "$ROOT" "$OUT/cls_drs"
     CLS_CKPT=$OUT/cls_drs/last.pth
@@ -172,55 +212,79 @@ else
 fi
 
 TRAIN_LIST=$ROOT/lists/train_cls.txt  # the original scores every stage on the train images
-reports=()
-if [ -z "$REFINE_CKPT" ]; then
-  step "localization maps (train_aug)"
-  $PY make_localization_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$CLS_CKPT" \
-    --out "$ROOT/localization_maps" --device "$DEVICE" "${SIZE_ARGS[@]}"
-  $PY evaluate_maps.py --voc-root "$ROOT" --list "$TRAIN_LIST" --maps "$ROOT/localization_maps" \
-    --out "$OUT/eval/localization_maps" --name "stage-1 maps" "${SIZE_ARGS[@]}"
-  reports+=("stage-1 localization maps (α 0.2, saliency)=$OUT/eval/localization_maps/scores.json")
-  step "stage 2: refinement network"
-  train train_refine.py "$REFINE_CONFIG" "$ROOT" "$OUT/refine" "${REFINE_SETS[@]}"
-  REFINE_CKPT=$OUT/refine/last.pth
-fi
-$PY evaluate_maps.py --voc-root "$ROOT" --list "$TRAIN_LIST" --checkpoint "$REFINE_CKPT" --stage refine \
-  --out "$OUT/eval/refined_maps" --name "refined maps" --device "$DEVICE" "${SIZE_ARGS[@]}"
-reports+=("refined maps (α 0.2, saliency)=$OUT/eval/refined_maps/scores.json")
-
-step "stage 3: pseudo labels (train_aug)"
 LABELS=$ROOT/refined_pseudo_segmentation_labels
-$PY make_pseudo_labels.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$REFINE_CKPT" \
-  --out "$LABELS" --device "$DEVICE" "${SIZE_ARGS[@]}"
-$PY evaluate_labels.py --voc-root "$ROOT" --list "$TRAIN_LIST" --labels "$LABELS" --out "$OUT/eval/pseudo_labels" \
-  --name "pseudo labels"
-reports+=("pseudo labels (with 255 ignore)=$OUT/eval/pseudo_labels/scores.json")
+reports=()
+if [[ $RELEASED =~ ^(labels|deeplab)$ ]]; then
+  echo "stages 1-3: skipped (--released $RELEASED)"
+else
+  if [ -z "$REFINE_CKPT" ]; then
+    step "localization maps (train_aug)"
+    $PY make_localization_maps.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$CLS_CKPT" \
+      --out "$ROOT/localization_maps" --device "$DEVICE" "${SIZE_ARGS[@]}"
+    $PY evaluate_maps.py --voc-root "$ROOT" --list "$TRAIN_LIST" --maps "$ROOT/localization_maps" \
+      --out "$OUT/eval/localization_maps" --name "stage-1 maps" "${SIZE_ARGS[@]}"
+    reports+=("stage-1 localization maps (α 0.2, saliency)=$OUT/eval/localization_maps/scores.json")
+    step "stage 2: refinement network"
+    train train_refine.py "$REFINE_CONFIG" "$ROOT" "$OUT/refine" "${REFINE_SETS[@]}"
+    REFINE_CKPT=$OUT/refine/last.pth
+  fi
+  $PY evaluate_maps.py --voc-root "$ROOT" --list "$TRAIN_LIST" --checkpoint "$REFINE_CKPT" --stage refine \
+    --out "$OUT/eval/refined_maps" --name "refined maps" --device "$DEVICE" "${SIZE_ARGS[@]}"
+  reports+=("refined maps (α 0.2, saliency)=$OUT/eval/refined_maps/scores.json")
 
-step "stages 1-3 on the train images"
-$PY -m utils.reports.tables --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
-  "${reports[@]}"
+  step "stage 3: pseudo labels (train_aug)"
+  $PY make_pseudo_labels.py --voc-root "$ROOT" --list "$ROOT/lists/train_aug_cls.txt" --checkpoint "$REFINE_CKPT" \
+    --out "$LABELS" --device "$DEVICE" "${SIZE_ARGS[@]}"
+  $PY evaluate_labels.py --voc-root "$ROOT" --list "$TRAIN_LIST" --labels "$LABELS" --out "$OUT/eval/pseudo_labels" \
+    --name "pseudo labels"
+  reports+=("pseudo labels (with 255 ignore)=$OUT/eval/pseudo_labels/scores.json")
 
-seg_rows=("pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json")
+  step "stages 1-3 on the train images"
+  $PY -m utils.reports.tables --kind pipeline --out "$OUT/pipeline.md" --title "Stages 1-3: maps and pseudo labels" \
+    "${reports[@]}"
+fi
+if [ "$RELEASED" = labels ]; then
+  $PY evaluate_labels.py --voc-root "$ROOT" --list "$TRAIN_LIST" --labels "$LABELS" --out "$OUT/eval/pseudo_labels" \
+    --name "released pseudo labels"
+fi
+
+seg_rows=()
+[ "$RELEASED" = deeplab ] || seg_rows=("pseudo labels (train list, 255 ignored)=$OUT/eval/pseudo_labels/scores.json")
+V2_CKPT=$OUT/deeplab_v2/checkpoint_final.pth V3P_CKPT=$OUT/deeplab_v3plus/checkpoint_final.pth
+V2_SETS=()
+[ -z "$VOC_ROOT" ] || [ "$ASSETS_HOME" = . ] || V2_SETS=(--set "model.init_from=$(asset_path coco-init)")
+if [ "$RELEASED" = deeplab ]; then
+  V2_CKPT=$(asset_path deeplabv2) V3P_CKPT=$(asset_path deeplabv3plus)
+fi
 seg_pictures=()  # label folders at the image size, drawn side by side
 for net in ${SEG//,/ }; do
   case "$net" in
     v2)
-      step "DeepLab-V2 on the pseudo labels"
-      train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$(basename "$LABELS")"
+      if [ "$RELEASED" = deeplab ]; then
+        step "DeepLab-V2: the released checkpoint"
+      else
+        step "DeepLab-V2 on the pseudo labels"
+        train DeepLab-V2-PyTorch/train.py "$V2_CONFIG" "$ROOT" "$OUT/deeplab_v2" --labels "$(basename "$LABELS")" \
+          "${V2_SETS[@]}"
+      fi
       $PY DeepLab-V2-PyTorch/eval.py --config "$V2_CONFIG" --voc-root "$ROOT" --list "$VAL_IDS" \
-        --checkpoint "$OUT/deeplab_v2/checkpoint_final.pth" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
+        --checkpoint "$V2_CKPT" --out "$OUT/eval/deeplab_v2" --crf --device "$DEVICE"
       seg_rows+=("DeepLab-V2 (val)=$OUT/eval/deeplab_v2/scores.json"
                  "DeepLab-V2 + CRF (val)=$OUT/eval/deeplab_v2/scores_crf.json")
       seg_pictures+=(--labels "DeepLab-V2=$OUT/eval/deeplab_v2" --labels "V2 + CRF=$OUT/eval/deeplab_v2/crf")
       ;;
     v3p)
-      step "DeepLab-V3+ on the pseudo labels"
-      train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --labels "$(basename "$LABELS")"
+      if [ "$RELEASED" = deeplab ]; then
+        step "DeepLab-V3+: the released checkpoint"
+      else
+        step "DeepLab-V3+ on the pseudo labels"
+        train DeepLabV3Plus-Pytorch/main.py "$V3P_CONFIG" "$ROOT" "$OUT/deeplab_v3plus" --labels "$(basename "$LABELS")"
+      fi
       for protocol in "${V3P_PROTOCOLS[@]}"; do
         extra=()
         [ "$protocol" = crop-val ] && extra=(--crop-val)
         $PY DeepLabV3Plus-Pytorch/eval.py --config "$V3P_CONFIG" --voc-root "$ROOT" --list "$VAL_IDS" \
-          --checkpoint "$OUT/deeplab_v3plus/checkpoint_final.pth" --out "$OUT/eval/deeplab_v3plus_$protocol" --crf \
+          --checkpoint "$V3P_CKPT" --out "$OUT/eval/deeplab_v3plus_$protocol" --crf \
           --device "$DEVICE" "${extra[@]}"
         seg_rows+=("DeepLab-V3+ (val, $protocol)=$OUT/eval/deeplab_v3plus_$protocol/scores.json"
                    "DeepLab-V3+ + CRF (val, $protocol)=$OUT/eval/deeplab_v3plus_$protocol/scores_crf.json")
@@ -230,7 +294,7 @@ for net in ${SEG//,/ }; do
       ;;
   esac
 done
-if [ ${#seg_rows[@]} -gt 1 ]; then
+if [ ${#seg_pictures[@]} -gt 0 ]; then
   $PY -m utils.reports.tables --kind pipeline --out "$OUT/segmentation.md" \
     --title "Segmentation networks (val) and their training labels" "${seg_rows[@]}"
   $PY -m utils.reports.pictures --voc-root "$ROOT" --list "$VAL_IDS" --out "$OUT/segmentation.png" "${seg_pictures[@]}"

@@ -31,8 +31,8 @@ def build_model(cfg):
         path = Path(init) if Path(init).is_absolute() else REPO / init
         if not path.is_file():
             raise checkpoints.CheckpointError(
-                f"COCO init {path} not found: download deeplabv1_resnet101-coco.pth there (see "
-                "DeepLab-V2-PyTorch/README.md) or set model.init_from")
+                f"COCO init {path} not found: `python -m utils.assets fetch coco-init` puts it there (or "
+                "download deeplabv1_resnet101-coco.pth by hand), or set model.init_from")
         checkpoints.load_coco_init(model.base, path)
     return model, args
 

@@ -39,8 +39,9 @@ def build_model(cfg):
         model = models.build("deeplab_v3plus", **args, weights=weights)
     except Exception as error:  # offline: torchvision cannot download the ImageNet weights
         raise checkpoints.CheckpointError(
-            f"ImageNet ResNet-{args['depth']} weights unavailable ({type(error).__name__}): put the torchvision file "
-            "in the torch hub cache, or set model.pretrained_path, or model.pretrained false") from None
+            f"ImageNet ResNet-{args['depth']} weights unavailable ({type(error).__name__}): `python -m utils.assets "
+            f"fetch resnet{args['depth']}-imagenet` puts them in the torch hub cache (ResNet-101), or set "
+            "model.pretrained_path, or model.pretrained false") from None
     if m["pretrained_path"]:
         state = checkpoints.load_file(m["pretrained_path"])
         missing, unexpected = model.backbone.load_state_dict(

@@ -83,8 +83,9 @@ class VGG16D1(nn.Module):
             except Exception as error:  # URLError, SSL errors, ... all mean "not available offline"
                 hub_dir = torch.hub.get_dir()
                 raise RuntimeError(
-                    f"ImageNet VGG-16 weights unavailable ({type(error).__name__}): put {IMAGENET_VGG16_FILE} in "
-                    f"{hub_dir}/checkpoints/ or pass model.pretrained_path, or set model.pretrained: false"
+                    f"ImageNet VGG-16 weights unavailable ({type(error).__name__}): `python -m utils.assets fetch "
+                    f"vgg16-imagenet` (or put {IMAGENET_VGG16_FILE} in {hub_dir}/checkpoints/), or pass "
+                    "model.pretrained_path, or set model.pretrained: false"
                 ) from None
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

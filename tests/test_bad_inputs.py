@@ -226,6 +226,18 @@ def test_label_scores_refuse_values_they_cannot_count(case, parity_voc, tmp_path
     assert culprit in err and not out.exists()
 
 
+def test_deriving_lists_without_the_split_files_is_one_line(parity_voc, tmp_path, capsys):
+    """utils.voc derives the image-level lists from ImageSets/Segmentation/{train,val}.txt (the VOC devkit's)."""
+    from utils import voc
+
+    with pytest.raises(SystemExit) as stop:
+        voc.main(["--voc-root", str(parity_voc), "--out", str(tmp_path / "lists")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1
+    assert err == f"error: id list not found: {parity_voc / 'ImageSets/Segmentation/train.txt'}"
+    assert not (tmp_path / "lists").exists()
+
+
 def test_an_output_folder_under_a_file_is_one_line(parity_voc, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder\n")

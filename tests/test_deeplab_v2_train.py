@@ -118,7 +118,8 @@ def test_training_keeps_batchnorm_frozen_and_resumes(parity_voc, tmp_path):
 def test_missing_coco_init_says_where_to_put_it(parity_voc, tmp_path):
     result = run_cli("DeepLab-V2-PyTorch/train.py", "--voc-root", parity_voc, "--out", tmp_path / "x", *TINY,
                      "--set", f"model.init_from={tmp_path / 'nowhere.pth'}", check=False)
-    assert result.returncode != 0 and "nowhere.pth not found" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "nowhere.pth not found" in result.stderr and "Traceback" not in result.stderr
+    assert "python -m utils.assets fetch coco-init" in result.stderr
 
 
 def test_two_process_torchrun_smoke(parity_voc, tmp_path):

@@ -206,14 +206,17 @@ def list_entries(voc_root, relative):
 
 
 def main(argv=None):
-    import argparse
+    from utils import cli
 
-    parser = argparse.ArgumentParser(description="Derive the image-level label lists from SegmentationClassAug.")
+    parser = cli.parser("Derive the image-level label lists from SegmentationClassAug.")
     parser.add_argument("--voc-root", required=True)
     parser.add_argument("--out", default=None, help="output folder (default: <voc-root>/lists)")
-    args = parser.parse_args(argv)
-    for name, path in derive_cls_lists(args.voc_root, args.out).items():
-        print(f"{name}: {path} ({len(read_ids(path))} images)")
+
+    def run(args):
+        for name, path in derive_cls_lists(args.voc_root, args.out).items():
+            print(f"{name}: {path} ({len(read_ids(path))} images)")
+
+    return cli.main(run, parser, argv)
 
 
 if __name__ == "__main__":
