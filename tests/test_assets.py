@@ -329,3 +329,17 @@ def test_run_sh_refuses_bad_asset_options(args, message, tmp_path):
     result = run_sh(*args, "--out", tmp_path / "out")
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_imagenet_weights_go_to_the_torch_hub_cache_and_must_match_the_name_hash(tmp_path):
+    """torchvision names its files after their SHA-256 (vgg16-397923af.pth): a file that does not match the
+    prefix is refused and nothing is left in the hub cache, where torchvision's weights API would find it."""
+    with Server({"vgg16-397923af.pth": b"not the ImageNet weights"}) as server:
+        result = subprocess.run([sys.executable, "-m", "utils.assets", "fetch", "vgg16-imagenet", "--mirror",
+                                 server.url, "--no-progress"], cwd=REPO, capture_output=True, text=True,
+                                env=os.environ | {"TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "expected 397923af (the file name's hash prefix)" in result.stderr
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    assert str(hub / ".downloads" / "vgg16-397923af.pth.part") in result.stderr
+    assert not (hub / "vgg16-397923af.pth").exists() and not list(hub.glob(".downloads/*"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.classifier import DRSClassifier
-from models.drs import FixedDRS, LearnableDRS
+from models.drs import FixedDRS, LearnableDRS, drs_fused, drs_reference
 from models.vgg import fold_batch_norm
 from tests.conftest import PARITY
 from utils import checkpoints
@@ -34,6 +34,73 @@ def test_learnable_drs_gate_is_per_image_per_channel_and_clips_at_gate_times_max
     bound = gate * torch.relu(x).amax(dim=(2, 3), keepdim=True)
     assert (y <= bound + 1e-7).all()
     torch.testing.assert_close(y, torch.minimum(torch.relu(x), bound))
+
+
+def _drs_inputs():
+    """float64 activations with the ties that real and synthetic images produce: flat regions (several equal
+    maxima), an all-negative channel (peak 0), and a zero next to the peak."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    x[0, 0] = 1.5                    # a flat channel: every position is the max
+    x[0, 1, :2, :2] = 3.0            # a flat patch holding the max
+    x[1, 2] = -torch.rand(5, 4, dtype=torch.float64)  # nothing survives the relu
+    x[1, 3, 0, 0], x[1, 3, 0, 1] = 2.5, 0.0
+    return x.requires_grad_()
+
+
+@pytest.mark.parametrize("variant", ["learnable", "saturated gate", "delta 0.55", "delta 1"])
+def test_fused_drs_equals_the_reference_ops_in_value_and_gradient(variant):
+    """The fused autograd function against PyTorch's own relu/amax/mean/linear/sigmoid/minimum, ties included
+    (minimum halves a tie's gradient, amax shares it between equal maxima)."""
+    x = _drs_inputs()
+    weight = (torch.randn(6, 6, dtype=torch.float64) * (0.3 if variant == "learnable" else 100.0)).requires_grad_()
+    if variant.startswith("delta"):
+        weight, delta = None, float(variant.split()[1])
+    else:
+        delta = None
+    upstream = torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    outputs = []
+    for fn in (drs_fused, drs_reference):
+        y = fn(x, weight, delta)
+        inputs = (x,) if weight is None else (x, weight)
+        outputs.append((y, torch.autograd.grad(y, inputs, upstream)))
+    (y_fused, grads_fused), (y_ref, grads_ref) = outputs
+    assert torch.equal(y_fused, y_ref)
+    for fused, ref in zip(grads_fused, grads_ref, strict=True):
+        torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-14)
+    if variant == "saturated gate":  # sigmoid rounds to 1: the threshold equals the peak, every max is a tie
+        assert (torch.sigmoid(x.relu().mean(dim=(2, 3)) @ weight.T) == 1).any()
+
+
+@pytest.mark.parametrize("learnable", [True, False])
+def test_fused_drs_passes_gradcheck(learnable):
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    if learnable:
+        weight = (torch.randn(4, 4, dtype=torch.float64) * 0.5).requires_grad_()
+        assert torch.autograd.gradcheck(lambda x, w: drs_fused(x, w), (x, weight))
+    else:
+        assert torch.autograd.gradcheck(lambda x: drs_fused(x, delta=0.55), (x,))
+
+
+def test_fused_and_reference_classifiers_train_alike():
+    """A float32 classifier step with the fused DRS (the default) and with the reference ops: same loss, same
+    gradients up to float32 summation order."""
+    torch.manual_seed(3)
+    images = torch.randn(2, 3, 64, 64)
+    grads = []
+    for fused in (True, False):
+        torch.manual_seed(4)
+        model = DRSClassifier(drs="learnable", width=0.125)
+        for module in model.modules():
+            if isinstance(module, LearnableDRS):
+                module.fused = fused
+        loss = model(images).square().mean()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(grads[0][0], grads[1][0])
+    for fused, ref in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-6)
 
 
 def test_fixed_drs_rejects_out_of_range_delta():
