@@ -37,8 +37,8 @@ class _FusedDRS(torch.autograd.Function):
             gate = torch.sigmoid(F.linear(pooled, weight))[:, :, None, None]
             threshold = peak * gate
         y = torch.minimum(r, threshold)
-        code = torch.gt(r, threshold).to(torch.uint8)
-        code.add_(torch.eq(r, peak), alpha=PEAK)
+        code = torch.gt(r, threshold).view(torch.uint8)  # bool -> uint8 without a copy
+        code.add_(torch.eq(r, peak).view(torch.uint8), alpha=PEAK)
         del r
         ctx.delta = delta
         ctx.save_for_backward(y, code, peak, threshold, gate, pooled, weight)
@@ -48,30 +48,28 @@ class _FusedDRS(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         y, code, peak, threshold, gate, pooled, weight = ctx.saved_tensors
-        at_threshold = y == threshold  # relu(x) >= threshold: clipped, or a tie
-        clipped = (code & CLIPPED).bool()
-        tie = at_threshold & ~clipped
-        half = grad_y * 0.5
-        # torch.minimum: the smaller side takes the gradient, a tie gives half to each side
-        grad_r = torch.where(at_threshold, torch.where(tie, half, 0.0), grad_y)
-        grad_threshold = torch.where(clipped, grad_y, torch.where(tie, half, 0.0)).sum(dim=(2, 3), keepdim=True)
+        clipped = (code & CLIPPED).view(torch.bool)  # relu(x) > threshold
+        # torch.minimum gives the smaller side the gradient and half of it to each side of a tie. With
+        # reached = relu(x) >= threshold (clipped or tied), the relu side's share is 1 - (reached + clipped) / 2
+        # and the threshold's (reached + clipped) / 2: one float buffer, reused for the result.
+        share = (y == threshold).to(grad_y.dtype).add_(clipped)
+        grad_threshold = torch.einsum("bchw,bchw->bc", grad_y, share)[:, :, None, None].mul_(0.5)
+        grad_r = share.mul_(-0.5).add_(1).mul_(grad_y)
         if weight is None:
             grad_peak = grad_threshold * ctx.delta
             grad_weight = None
         else:
             grad_peak = grad_threshold * gate
-            grad_z = (grad_threshold * peak * gate * (1 - gate))[:, :, 0, 0]  # sigmoid's derivative
+            grad_z = (grad_threshold * peak * gate * (1 - gate))[:, :, 0, 0]  # through the sigmoid
             grad_weight = grad_z.t() @ pooled
-            hw = y.shape[2] * y.shape[3]
-            grad_r = grad_r + (grad_z @ weight)[:, :, None, None] / hw  # through the mean
-        # torch.amax: the gradient shared equally by every maximum of the channel
-        at_peak = (code & PEAK).bool()
-        count = at_peak.sum(dim=(2, 3), keepdim=True).clamp_min(1)
-        grad_r = grad_r + torch.where(at_peak, grad_peak / count, 0.0)
-        # relu: relu(x) > 0 where it passed with y > 0, or reached a positive threshold, or was clipped above it
-        positive = torch.where(at_threshold, (threshold > 0) | clipped, y > 0)
-        grad_x = torch.where(positive, grad_r, 0.0)
-        return grad_x, grad_weight, None
+            grad_r.add_((grad_z @ weight)[:, :, None, None], alpha=1 / (y.shape[2] * y.shape[3]))  # the mean
+        # torch.amax shares the gradient equally between the channel's maxima (few positions: indexed)
+        at_peak = code >= PEAK
+        count = at_peak.sum(dim=(2, 3), keepdim=True).clamp_min_(1)
+        grad_r[at_peak] += (grad_peak / count).expand_as(grad_r)[at_peak]
+        # relu: zero where relu(x) == 0, i.e. y == 0 without a positive value clipped to a zero threshold
+        grad_r.masked_fill_((y == 0) & ~clipped, 0)
+        return grad_r, grad_weight, None
 
 
 def drs_fused(x, weight=None, delta=None):

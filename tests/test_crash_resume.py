@@ -8,6 +8,8 @@ import sys
 import time
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import REPO, run_cli
@@ -77,8 +79,8 @@ def kill_when_written(args, folder, pattern, count, timeout=300):
 
 
 def same_files(a, b, pattern):
-    names = sorted(p.name for p in a.glob(pattern))
-    assert names == sorted(p.name for p in b.glob(pattern)) and names
+    names = sorted(str(p.relative_to(a)) for p in a.glob(pattern))
+    assert names == sorted(str(p.relative_to(b)) for p in b.glob(pattern)) and names
     different = [n for n in names if (a / n).read_bytes() != (b / n).read_bytes()]
     assert not different, f"{len(different)} files differ after the rerun, e.g. {different[:3]}"
 
@@ -121,3 +123,31 @@ def test_killed_crf_pseudo_labels_rerun_to_the_same_files(parity_weights, parity
     run_cli(*args, "--out", killed)
     same_files(tmp_path / "whole", killed, "*.png")
     assert not list((killed / ".raw").glob("*.png"))
+
+
+@pytest.mark.parametrize(("phase", "pattern"), [("logit", "*.npy"), ("crf", "*.png")])
+def test_killed_deeplab_evaluation_with_crf_reruns_to_the_same_files(phase, pattern, parity_voc, tmp_path):
+    """DeepLab-V2 eval killed in its network pass or its CRF pass: the rerun keeps the finished files, computes
+    the rest, and every file and score equals an uninterrupted run's."""
+    import models
+    from utils import checkpoints
+
+    torch.manual_seed(0)
+    model_args = {"n_blocks": [1, 1, 1, 1], "width": 0.125, "scales": []}
+    network = models.build("deeplab_v2", **model_args)
+    checkpoint = checkpoints.save(tmp_path / "v2.pth", kind="deeplab_v2", model=network, model_args=model_args)
+    args = ["DeepLab-V2-PyTorch/eval.py", "--config", "DeepLab-V2-PyTorch/configs/demo.yaml", "--voc-root", parity_voc,
+            "--list", parity_voc / "lists/train_aug_cls.txt", "--checkpoint", checkpoint, "--crf", "--jobs", "1"]
+    run_cli(*args, "--out", tmp_path / "whole")
+    killed = tmp_path / "killed"
+    present = kill_when_written([*args, "--out", killed], killed / phase, pattern, 1)
+    assert len(present) < len(list((tmp_path / "whole" / phase).glob(pattern))), "killed too late"
+    for name in present:  # complete files only
+        if phase == "crf":
+            assert Image.open(killed / phase / name).size == Image.open(tmp_path / "whole" / phase / name).size
+        else:
+            assert np.load(killed / phase / name).shape == np.load(tmp_path / "whole" / phase / name).shape
+    run_cli(*args, "--out", killed)
+    for pattern in ("logit/*.npy", "*.png", "crf/*.png", "scores*.json"):
+        same_files(tmp_path / "whole", killed, pattern)
+    assert not [p for p in killed.rglob(".*.tmp")]
