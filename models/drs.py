@@ -26,8 +26,8 @@ class _FusedDRS(torch.autograd.Function):
     ``g = delta`` (``weight`` None)."""
 
     @staticmethod
-    def forward(ctx, x, weight, delta):
-        r = torch.relu(x)
+    def forward(ctx, x, weight, delta, inplace):
+        r = x.relu_() if inplace else torch.relu(x)
         peak = r.amax(dim=(2, 3), keepdim=True)
         if weight is None:
             gate, pooled = None, None
@@ -36,10 +36,11 @@ class _FusedDRS(torch.autograd.Function):
             pooled = r.mean(dim=(2, 3))
             gate = torch.sigmoid(F.linear(pooled, weight))[:, :, None, None]
             threshold = peak * gate
-        y = torch.minimum(r, threshold)
         code = torch.gt(r, threshold).view(torch.uint8)  # bool -> uint8 without a copy
         code.add_(torch.eq(r, peak).view(torch.uint8), alpha=PEAK)
-        del r
+        y = r.clamp_(max=threshold)  # min(r, threshold), in r's memory
+        if inplace:
+            ctx.mark_dirty(x)
         ctx.delta = delta
         ctx.save_for_backward(y, code, peak, threshold, gate, pooled, weight)
         return y
@@ -69,16 +70,22 @@ class _FusedDRS(torch.autograd.Function):
         grad_r[at_peak] += (grad_peak / count).expand_as(grad_r)[at_peak]
         # relu: zero where relu(x) == 0, i.e. y == 0 without a positive value clipped to a zero threshold
         grad_r.masked_fill_((y == 0) & ~clipped, 0)
-        return grad_r, grad_weight, None
+        return grad_r, grad_weight, None, None
 
 
-def drs_fused(x, weight=None, delta=None):
-    """The fused DRS activation: learnable with ``weight`` (C, C), fixed with ``delta``. Falls back to the
-    reference ops where nothing needs a gradient (inference) and under autocast (mixed dtypes)."""
-    if not torch.is_grad_enabled() or not (x.requires_grad or (weight is not None and weight.requires_grad)) or \
-            torch.is_autocast_enabled(x.device.type):
+def drs_fused(x, weight=None, delta=None, inplace=False):
+    """The fused DRS activation: learnable with ``weight`` (C, C), fixed with ``delta``. ``inplace`` reuses
+    ``x``'s memory (the conv output before it, which nothing else needs). Without gradients (inference) the
+    same ops run without saving anything; under autocast (mixed dtypes) the reference ops run."""
+    if torch.is_autocast_enabled(x.device.type):
         return drs_reference(x, weight, delta)
-    return _FusedDRS.apply(x, weight, delta)
+    if not torch.is_grad_enabled() or not (x.requires_grad or (weight is not None and weight.requires_grad)):
+        r = x.relu_() if inplace else torch.relu(x)
+        peak = r.amax(dim=(2, 3), keepdim=True)
+        if weight is None:
+            return r.clamp_(max=delta * peak)
+        return r.clamp_(max=peak * torch.sigmoid(F.linear(r.mean(dim=(2, 3)), weight))[:, :, None, None])
+    return _FusedDRS.apply(x, weight, delta, inplace)
 
 
 def drs_reference(x, weight=None, delta=None):
@@ -97,31 +104,35 @@ class LearnableDRS(nn.Module):
     parameter (key ``fc.0.weight``, as in the released checkpoints).
     """
 
-    def __init__(self, channels, fused=True):
+    def __init__(self, channels, fused=True, inplace=False):
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(channels, channels, bias=False), nn.Sigmoid())
-        self.fused = fused
+        self.fused, self.inplace = fused, inplace
 
     def gate(self, x):
         """``g`` of shape (B, C, 1, 1) for already-ReLU'd features ``x``."""
         return self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
 
     def forward(self, x):
-        return (drs_fused if self.fused else drs_reference)(x, weight=self.fc[0].weight)
+        if not self.fused:
+            return drs_reference(x, weight=self.fc[0].weight)
+        return drs_fused(x, weight=self.fc[0].weight, inplace=self.inplace)
 
 
 class FixedDRS(nn.Module):
     """DRS with a fixed suppression ratio ``delta`` in (0, 1]: ``min(relu(x), delta * max_hw(relu(x)))``."""
 
-    def __init__(self, delta, fused=True):
+    def __init__(self, delta, fused=True, inplace=False):
         super().__init__()
         if not 0.0 < delta <= 1.0:
             raise ValueError(f"fixed DRS needs 0 < delta <= 1, got {delta}")
         self.delta = float(delta)
-        self.fused = fused
+        self.fused, self.inplace = fused, inplace
 
     def forward(self, x):
-        return (drs_fused if self.fused else drs_reference)(x, delta=self.delta)
+        if not self.fused:
+            return drs_reference(x, delta=self.delta)
+        return drs_fused(x, delta=self.delta, inplace=self.inplace)
 
     def extra_repr(self):
         return f"delta={self.delta}"
@@ -130,10 +141,11 @@ class FixedDRS(nn.Module):
 def make_activation(channels, drs):
     """The activation placed after a conv: ``drs`` is ``"learnable"``, a float delta, or ``None`` for plain ReLU.
 
-    ``0`` means learnable, as the original's ``--delta=0`` does.
+    ``0`` means learnable, as the original's ``--delta=0`` does. In place, as torchvision's VGG: the conv's
+    output is needed by nothing else.
     """
     if drs is None or drs == "relu":
-        return nn.ReLU(inplace=False)
+        return nn.ReLU(inplace=True)
     if drs == "learnable" or drs == 0:
-        return LearnableDRS(channels)
-    return FixedDRS(float(drs))
+        return LearnableDRS(channels, inplace=True)
+    return FixedDRS(float(drs), inplace=True)

@@ -60,14 +60,18 @@ def test_fused_drs_equals_the_reference_ops_in_value_and_gradient(variant):
         delta = None
     upstream = torch.randn(2, 6, 5, 4, dtype=torch.float64)
     outputs = []
-    for fn in (drs_fused, drs_reference):
+    for fn in (drs_reference, drs_fused, lambda x, w, d: drs_fused(x * 1, w, d, inplace=True)):
         y = fn(x, weight, delta)
         inputs = (x,) if weight is None else (x, weight)
         outputs.append((y, torch.autograd.grad(y, inputs, upstream)))
-    (y_fused, grads_fused), (y_ref, grads_ref) = outputs
-    assert torch.equal(y_fused, y_ref)
-    for fused, ref in zip(grads_fused, grads_ref, strict=True):
-        torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-14)
+    (y_ref, grads_ref), *fused_runs = outputs
+    for y_fused, grads_fused in fused_runs:
+        assert torch.equal(y_fused, y_ref)
+        for fused, ref in zip(grads_fused, grads_ref, strict=True):
+            torch.testing.assert_close(fused, ref, rtol=1e-12, atol=1e-14)
+    with torch.no_grad():  # inference: the same ops, nothing saved
+        assert torch.equal(drs_fused(x, weight, delta), y_ref) and torch.equal(drs_fused(x.clone(), weight, delta,
+                                                                                             inplace=True), y_ref)
     if variant == "saturated gate":  # sigmoid rounds to 1: the threshold equals the peak, every max is a tie
         assert (torch.sigmoid(x.relu().mean(dim=(2, 3)) @ weight.T) == 1).any()
 
