@@ -26,7 +26,8 @@ def tiny(tmp_path_factory):
         if (kind, seed) not in made:
             torch.manual_seed(seed)
             args = {"classifier": {"num_classes": 20, "drs": "learnable", "width": 0.125},
-                    "refine": {"num_classes": 20, "width": 0.125}}[kind]
+                    "refine": {"num_classes": 20, "width": 0.125},
+                    "deeplab_v2": {"n_blocks": [1, 1, 1, 1], "width": 0.125, "scales": []}}[kind]
             made[kind, seed] = checkpoints.save(folder / f"{kind}_{seed}.pth", kind=kind,
                                                 model=models.build(kind, **args), model_args=args)
         return made[kind, seed]
@@ -175,6 +176,20 @@ def test_generated_folders_refuse_other_settings_and_keep_their_files(tiny, pari
     assert "no made_with.json" in err
 
 
+def test_deeplab_evaluation_refuses_another_checkpoints_logits(tiny, parity_voc, tmp_path, capsys):
+    """eval.py keeps the logits it finds (that is how a rerun resumes): a new checkpoint into the same --out
+    would be scored on the old one's logits. It is refused, and the old files stay."""
+    out = tmp_path / "eval"
+    argv = ["--config", "DeepLab-V2-PyTorch/configs/demo.yaml", "--voc-root", parity_voc, "--list",
+            parity_voc / "lists/val_cls.txt", "--out", out, "--no-crf"]
+    entry_point("DeepLab-V2-PyTorch/eval.py")(list(map(str, [*argv, "--checkpoint", tiny("deeplab_v2")])))
+    written = {p.name: p.read_bytes() for p in (out / "logit").glob("*.npy")}
+    assert len(written) == 2
+    err = refused("DeepLab-V2-PyTorch/eval.py", [*argv, "--checkpoint", tiny("deeplab_v2", seed=1)], capsys)
+    assert str(out) in err and "other settings" in err and "checkpoint" in err
+    assert {p.name: p.read_bytes() for p in (out / "logit").glob("*.npy")} == written
+
+
 def test_maps_refuse_another_checkpoint(tiny, parity_voc, tmp_path, capsys):
     maps = tmp_path / "maps"
     argv = ["--voc-root", parity_voc, "--list", parity_voc / "lists/train_cls.txt", "--out", maps,
@@ -292,6 +307,8 @@ def _break(voc_root, case):
     elif case == "16-bit PNG as .jpg":
         grey = np.array(Image.open(image).convert("L"), dtype=np.uint16) * 257
         Image.fromarray(grey).save(image, format="PNG")
+    elif case == "huge image":
+        Image.new("RGB", (4200, 4100), (120, 30, 200)).save(image)
     elif case == "1x1 image":
         Image.new("RGB", (1, 1), (120, 30, 200)).save(image)
         for folder in ("SegmentationClassAug", "saliency_map"):
@@ -311,7 +328,8 @@ def _break(voc_root, case):
 IMAGE_CASES = [("list missing", "list file not found"), ("list empty", "is empty"), ("list with CRLF", None),
                ("id without image", "missing image"), ("zero-byte JPEG", "cannot decode image"),
                ("truncated JPEG", "cannot decode image"), ("text as JPEG", "cannot decode image"),
-               ("grey JPEG", None), ("RGBA PNG as .jpg", None), ("16-bit PNG as .jpg", None), ("1x1 image", None)]
+               ("grey JPEG", None), ("RGBA PNG as .jpg", None), ("16-bit PNG as .jpg", None), ("1x1 image", None),
+               ("huge image", "megapixels")]
 SALIENCY_CASES = [("saliency missing", "missing saliency map"), ("saliency of another size", "saliency map of"),
                   ("saliency in colour", "expected one")]
 

@@ -51,13 +51,22 @@ def check_voc_root(voc_root, need=(IMAGE_DIR,)):
     return root
 
 
+MAX_PIXELS = 4096 * 4096  # above this, 20 float class maps at the image's size take over 1.3 GB per image
+
+
 def _open(path, what):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing {what}: {path}")
+    too_large = (f"{what} {path} is too large (%s; at most {MAX_PIXELS / 1e6:.1f} megapixels): the class maps at "
+                 "its size would not fit in memory; resize it (VOC images are at most 500x500)")
     try:
         image = Image.open(path)
+        if image.width * image.height > MAX_PIXELS:
+            raise DataError(too_large % f"{image.width}x{image.height}")
         image.load()
+    except Image.DecompressionBombError:
+        raise DataError(too_large % "beyond PIL's decompression-bomb limit") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise DataError(f"cannot decode {what} {path}: {error}") from error
     return image
