@@ -22,13 +22,15 @@
 #                     --seeds LIST (stage-1 training seeds; several give mean ± std; default 0),
 #                     --stage1-only (stop after the stage-1 comparison),
 #                     --demo-size N (image side in px, default 160; crops, test size and scales follow;
-#                                    outputs in outputs/demo_N unless --out; 224: about 3x the stage-1 time).
+#                                    outputs in outputs/demo_N unless --out; 224: about 3x the stage-1 time),
+#                     --quick (a smoke run of every stage in a minute or two: 96 px, 40 training images,
+#                              one epoch per training, 20 DeepLab iterations; its numbers mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}
 
 VOC_ROOT="" OUT="" CLS_CKPT="" REFINE_CKPT="" DEVICE=auto GPUS=1 SEG="" VARIANTS=relu,learnable SEEDS=0 STAGE1_ONLY=0
-DEMO_SIZE=160 FETCH=0 RELEASED="" MIRROR="" ASSETS_HOME=.
+DEMO_SIZE="" QUICK=0 FETCH=0 RELEASED="" MIRROR="" ASSETS_HOME=.
 while [ $# -gt 0 ]; do
   case "$1" in
     --voc-root) VOC_ROOT=$2; shift 2 ;;
@@ -42,6 +44,7 @@ while [ $# -gt 0 ]; do
     --seeds) SEEDS=$2; shift 2 ;;
     --stage1-only) STAGE1_ONLY=1; shift ;;
     --demo-size) DEMO_SIZE=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
     --fetch) FETCH=1; shift ;;
     --released) RELEASED=$2; shift 2 ;;
     --mirror) MIRROR=$2; shift 2 ;;
@@ -59,6 +62,16 @@ done
 if ! [[ $VARIANTS =~ ^(relu|learnable|0?\.[0-9]+|1(\.0*)?)(,(relu|learnable|0?\.[0-9]+|1(\.0*)?))*$ ]]; then
   echo "run.sh: --variants takes a comma list of relu, learnable and fixed deltas in (0, 1]; got $VARIANTS" >&2; exit 2
 fi
+DEMO_DATA=() EVIDENCE_ARGS=() QUICK_EPOCHS=() QUICK_ITERATIONS=()
+if [ "$QUICK" = 1 ]; then
+  [ -z "$VOC_ROOT" ] || { echo "run.sh: --quick is for the demo dataset, not --voc-root" >&2; exit 2; }
+  DEMO_SIZE=${DEMO_SIZE:-96}
+  DEMO_DATA=(--num-train-aug 40 --num-train 20 --num-val 20)
+  EVIDENCE_ARGS=(--num-train 60 --num-test 30 --epochs 1)
+  QUICK_EPOCHS=(--set train.epochs=1 --set val.every=1)
+  QUICK_ITERATIONS=(--set train.iterations=20 --set train.save_every=10)
+fi
+DEMO_SIZE=${DEMO_SIZE:-160}
 if ! [[ $DEMO_SIZE =~ ^[0-9]+$ ]] || [ "$DEMO_SIZE" -lt 96 ]; then
   echo "run.sh: --demo-size takes an image side of at least 96 px; got $DEMO_SIZE" >&2; exit 2
 fi
@@ -92,8 +105,10 @@ train() {  # script config voc_root out_dir [--set k=v ...]
   if [ -f "$out/done" ]; then echo "$out: trained, skipping"; return; fi
   local launcher=("$PY")
   [ "$GPUS" -gt 1 ] && launcher=(torchrun --standalone --nproc_per_node "$GPUS")
+  local quick=("${QUICK_ITERATIONS[@]}")
+  [[ $script == train_*.py ]] && quick=("${QUICK_EPOCHS[@]}")
   "${launcher[@]}" "$script" --config "$config" --voc-root "$root" --out "$out" --device "$DEVICE" \
-    --resume auto "$@"
+    --resume auto "$@" "${quick[@]}"
   touch "$out/done"
 }
 
@@ -110,9 +125,9 @@ variant_title() {
 # writes into $OUT itself; other seeds into $OUT/seed<N>. The comparison gives mean ± std over the seeds.
 demo_stage1() {
   step "class evidence per region: a probe CNN on single-object images"
-  $PY -m utils.demo.evidence --out "$OUT/eval/evidence"
+  $PY -m utils.demo.evidence --out "$OUT/eval/evidence" "${EVIDENCE_ARGS[@]}"
   step "pre-training stand-in data: a disjoint synthetic set (seed 1)"
-  $PY -m utils.demo.data --out "$OUT/pretrain/VOC2012" --seed 1 --size "$DEMO_SIZE"
+  $PY -m utils.demo.data --out "$OUT/pretrain/VOC2012" --seed 1 --size "$DEMO_SIZE" "${DEMO_DATA[@]}"
   local seed variant run rows=() pictures=()
   declare -A scores=()
   for seed in ${SEEDS//,/ }; do
@@ -151,6 +166,7 @@ demo_stage1() {
 if [ -z "$VOC_ROOT" ]; then
   DEFAULT_OUT=outputs/demo
   [ "$DEMO_SIZE" = 160 ] || DEFAULT_OUT=outputs/demo_$DEMO_SIZE  # never reuse another size's trained runs
+  [ "$QUICK" = 0 ] || DEFAULT_OUT=outputs/demo_quick
   OUT=${OUT:-$DEFAULT_OUT}
   echo "No --voc-root given: running on the synthetic demo dataset in $OUT (see docs/demo.md)."
   ROOT=$OUT/VOC2012
@@ -165,7 +181,7 @@ if [ -z "$VOC_ROOT" ]; then
   V3P_PROTOCOLS=(full)  # the demo images are 160 px squares: crop-val at 160 would be the same images
   VAL_IDS=$ROOT/lists/val_cls.txt
   step "demo dataset"
-  $PY -m utils.demo.data --out "$ROOT" --size "$DEMO_SIZE"
+  $PY -m utils.demo.data --out "$ROOT" --size "$DEMO_SIZE" "${DEMO_DATA[@]}"
   [ -n "$CLS_CKPT$REFINE_CKPT" ] || demo_stage1
   [ "$STAGE1_ONLY" = 1 ] && { step "stage 1 only: see $OUT/stage1_comparison.md"; exit 0; }
   REFINE_SETS=()  # the refinement backbone starts from the stand-in, as the original's starts from ImageNet
