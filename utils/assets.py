@@ -305,8 +305,13 @@ def download(url, part, quiet=False, retries=3, timeout=60):
 
 
 def _by_hand(part):
+    kept = part.exists() and part.stat().st_size > 0
+    if part.exists() and not kept:
+        part.unlink()
+    with contextlib.suppress(OSError):
+        part.parent.rmdir()  # only when empty
     return (f"offline? download it by hand and place it at {part.parent.parent / part.name[:-5]}, then run the "
-            f"fetch again (a partial download is kept in {part} and continued next time)")
+            "fetch again" + (f" (the partial download in {part} is continued next time)" if kept else ""))
 
 
 # ------------------------------------------------------------------------------------------------- extraction
@@ -509,7 +514,7 @@ def _where(asset, places):
     try:
         return str(places.target(asset))
     except AssetError:
-        return f"<voc_root>/{asset.where.split(':', 1)[1]}"
+        return "<voc_root>/" + asset.where.split(":", 1)[1].strip(".")
 
 
 def _size(asset, places):
