@@ -34,8 +34,9 @@ def test_drs_moves_cams_from_parts_to_bodies(tmp_path):
                 "--set", f"model.init_from={tmp_path / 'pre' / 'last.pth'}", *common)
         results[variant] = region_scores(demo_root, tmp_path / variant / "last.pth", tmp_path / f"eval_{variant}")
     plain, drs = results["relu"], results["learnable"]
-    # both classifiers work (the ratios below are not those of flat, untrained maps)
-    assert plain["classification"]["mAP"] > 0.85 and drs["classification"]["mAP"] > 0.85
+    # both classifiers work (the ratios below are not those of flat, untrained maps; an untrained one is near 0.3).
+    # The trained values move with the machine's float rounding: 0.96 / 0.89 on one CPU, 0.89 / 0.85 on another.
+    assert plain["classification"]["mAP"] > 0.8 and drs["classification"]["mAP"] > 0.8
     assert plain["regions"]["part"] > plain["regions"]["body"]
     assert drs["regions"]["body_part_ratio"] > plain["regions"]["body_part_ratio"]
     assert drs["regions"]["background"] < 0.5 * drs["regions"]["part"]  # spread, not flat
