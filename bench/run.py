@@ -1,10 +1,11 @@
 """Every stage's speed and memory on this device, in one command.
 
-    python -m bench [--quick] [--device cpu|cuda] [--only NAME...] [--out bench/results.json]
+    python -m bench [--quick] [--device cpu|cuda] [--only NAME...] [--out outputs/bench/results.json]
 
 Training steps (forward, backward and SGD step on random tensors of the VOC recipe's shapes, full-size
 networks): stage 1 with plain ReLU, fixed δ 0.55 and learnable DRS, each DRS also with the reference
-(unfused) ops; the refinement network; DeepLab-V2 (ResNet-101, MSC); DeepLab-V3+ (ResNet-101, OS 16).
+(unfused) ops, and the learnable one's fused function also on PyTorch ops instead of the compiled CPU loops
+(``-torchops``: what CUDA runs); the refinement network; DeepLab-V2 (ResNet-101, MSC); DeepLab-V3+ (ResNet-101, OS 16).
 Generation and evaluation (the command-line tools as users run them, on copies of the parity images with the
 parity fixtures' random weights): localization maps, pseudo labels, DeepLab-V2 and V3+ evaluation, and the
 dense CRF per image.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 PARITY = REPO / "tests" / "fixtures" / "parity"
 STEP_CASES = ["stage1/relu", "stage1/delta", "stage1/delta-reference", "stage1/learnable",
-              "stage1/learnable-reference", "refine", "deeplab_v2", "deeplab_v3plus"]
+              "stage1/learnable-torchops", "stage1/learnable-reference", "refine", "deeplab_v2", "deeplab_v3plus"]
 TOOL_CASES = ["maps", "pseudo_labels", "deeplab_v2_eval", "deeplab_v3plus_eval", "crf"]
 
 
@@ -61,6 +62,7 @@ def build_step(case, device, quick):
     import torch.nn.functional as F
 
     import models
+    from models import drs_kernel
     from models.drs import FixedDRS, LearnableDRS
     from utils.seg.training import segmentation_loss
 
@@ -72,6 +74,8 @@ def build_step(case, device, quick):
         for module in model.modules():
             if isinstance(module, LearnableDRS | FixedDRS):
                 module.fused = not variant.endswith("reference")
+        if variant.endswith("torchops"):  # the fused function on PyTorch ops (CUDA's path) instead of the C loops
+            drs_kernel.usable = lambda x: False
         batch, size = (2, 320) if quick or device.type == "cpu" else (5, 320)
         images, classes = torch.randn(batch, 3, size, size), (torch.rand(batch, 20) > 0.8).float()
         loss_fn = lambda net, x: F.multilabel_soft_margin_loss(net(x), classes.to(device))  # noqa: E731
@@ -240,7 +244,8 @@ def table(results):
     ratios = []
     by_case = {r["case"]: r for r in results}
     base = by_case.get("stage1/relu")
-    for name in ("stage1/delta", "stage1/delta-reference", "stage1/learnable", "stage1/learnable-reference"):
+    for name in ("stage1/delta", "stage1/delta-reference", "stage1/learnable", "stage1/learnable-torchops",
+                 "stage1/learnable-reference"):
         if base and name in by_case:
             r = by_case[name]
             ratios.append(f"- {name} / stage1/relu: time {r['ms'] / base['ms']:.2f}×, memory "
@@ -253,7 +258,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats and images")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--only", nargs="+", default=None, metavar="CASE", help=f"cases: {STEP_CASES + TOOL_CASES}")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench" / "results.json")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # one case, in a child process
     args = parser.parse_args(argv)
     if args.device is None:

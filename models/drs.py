@@ -18,7 +18,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CLIPPED, PEAK = 1, 2  # bits of the saved code: relu(x) > threshold, relu(x) == the channel's max
+from models import drs_kernel
+
+# Bits of the byte saved per activation for the backward (r = relu(x)); models/drs_cpu.c uses the same.
+CLIPPED, PEAK, TIE, DEAD = 1, 2, 4, 8  # r > threshold, r == the channel's max, r == threshold, not r > 0
+
+
+def _drs_forward(x, weight, delta, inplace, with_code):
+    """``(y, code, peak, gate, pooled)``; peak, gate and pooled are (N, C), gate and pooled None for a fixed
+    delta, code None unless ``with_code``. The compiled CPU loops where they apply, else PyTorch ops."""
+    gate = pooled = code = None
+    if drs_kernel.usable(x):
+        r = x if inplace else torch.empty_like(x)
+        peak = drs_kernel.relu_max(x, r)
+    else:
+        r = x.relu_() if inplace else torch.relu(x)
+        peak = r.amax(dim=(2, 3))
+    if weight is None:
+        threshold = delta * peak
+    else:
+        pooled = r.mean(dim=(2, 3))
+        gate = torch.sigmoid(F.linear(pooled, weight))
+        threshold = peak * gate
+    if drs_kernel.usable(r):
+        if with_code:
+            code = torch.empty(r.shape, dtype=torch.uint8)
+        drs_kernel.clip(r, threshold, peak, code)
+        return r, code, peak, gate, pooled
+    threshold, peak4 = threshold[:, :, None, None], peak[:, :, None, None]
+    if with_code:
+        code = torch.gt(r, threshold).view(torch.uint8)  # bool -> uint8 without a copy
+        code.add_(torch.eq(r, peak4).view(torch.uint8), alpha=PEAK)
+        code.add_(torch.eq(r, threshold).view(torch.uint8), alpha=TIE)
+        code.add_(torch.gt(r, 0).logical_not_().view(torch.uint8), alpha=DEAD)
+    return r.clamp_(max=threshold), code, peak, gate, pooled  # min(r, threshold), in r's memory
 
 
 class _FusedDRS(torch.autograd.Function):
@@ -27,64 +60,56 @@ class _FusedDRS(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, delta, inplace):
-        r = x.relu_() if inplace else torch.relu(x)
-        peak = r.amax(dim=(2, 3), keepdim=True)
-        if weight is None:
-            gate, pooled = None, None
-            threshold = delta * peak
-        else:
-            pooled = r.mean(dim=(2, 3))
-            gate = torch.sigmoid(F.linear(pooled, weight))[:, :, None, None]
-            threshold = peak * gate
-        code = torch.gt(r, threshold).view(torch.uint8)  # bool -> uint8 without a copy
-        code.add_(torch.eq(r, peak).view(torch.uint8), alpha=PEAK)
-        y = r.clamp_(max=threshold)  # min(r, threshold), in r's memory
+        y, code, peak, gate, pooled = _drs_forward(x, weight, delta, inplace, with_code=True)
         if inplace:
             ctx.mark_dirty(x)
         ctx.delta = delta
-        ctx.save_for_backward(y, code, peak, threshold, gate, pooled, weight)
+        ctx.save_for_backward(code, peak, gate, pooled, weight)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
-        y, code, peak, threshold, gate, pooled, weight = ctx.saved_tensors
-        clipped = (code & CLIPPED).view(torch.bool)  # relu(x) > threshold
-        # torch.minimum gives the smaller side the gradient and half of it to each side of a tie. With
-        # reached = relu(x) >= threshold (clipped or tied), the relu side's share is 1 - (reached + clipped) / 2
-        # and the threshold's (reached + clipped) / 2: one float buffer, reused for the result.
-        share = (y == threshold).to(grad_y.dtype).add_(clipped)
-        grad_threshold = torch.einsum("bchw,bchw->bc", grad_y, share)[:, :, None, None].mul_(0.5)
-        grad_r = share.mul_(-0.5).add_(1).mul_(grad_y)
+        code, peak, gate, pooled, weight = ctx.saved_tensors
+        hw = code.shape[2] * code.shape[3]
+        compiled = code.is_contiguous() and drs_kernel.usable(grad_y.contiguous())  # the C loops read both as NCHW
+        if compiled:
+            grad_y = grad_y.contiguous()
+        # torch.minimum gives the smaller side the gradient and half of it to each side of a tie: the threshold
+        # gets all of a clipped position's gradient and half of a tie's, relu(x) the rest.
+        if compiled:
+            reach, peaks = drs_kernel.grad_stats(grad_y, code)
+        else:
+            share = (code & CLIPPED).mul_(2).add_((code & TIE) // TIE).to(grad_y.dtype)  # 2 clipped, 1 tie
+            reach = torch.einsum("bchw,bchw->bc", grad_y, share)
+            peaks = (code & PEAK).bool().sum(dim=(2, 3)).to(grad_y.dtype)
+        grad_threshold = reach * 0.5
         if weight is None:
             grad_peak = grad_threshold * ctx.delta
-            grad_weight = None
+            grad_weight = uniform = None
         else:
             grad_peak = grad_threshold * gate
-            grad_z = (grad_threshold * peak * gate * (1 - gate))[:, :, 0, 0]  # through the sigmoid
+            grad_z = grad_threshold * peak * gate * (1 - gate)  # through the sigmoid
             grad_weight = grad_z.t() @ pooled
-            grad_r.add_((grad_z @ weight)[:, :, None, None], alpha=1 / (y.shape[2] * y.shape[3]))  # the mean
-        # torch.amax shares the gradient equally between the channel's maxima (few positions: indexed)
-        at_peak = code >= PEAK
-        count = at_peak.sum(dim=(2, 3), keepdim=True).clamp_min_(1)
-        grad_r[at_peak] += (grad_peak / count).expand_as(grad_r)[at_peak]
-        # relu: zero where relu(x) == 0, i.e. y == 0 without a positive value clipped to a zero threshold
-        grad_r.masked_fill_((y == 0) & ~clipped, 0)
-        return grad_r, grad_weight, None, None
+            uniform = (grad_z @ weight) / hw  # through the mean: the same for every position of a channel
+        at_peak = grad_peak / peaks.clamp_min(1)  # torch.amax shares the gradient equally between the maxima
+        if compiled:
+            return drs_kernel.grad_input(grad_y, code, uniform, at_peak), grad_weight, None, None
+        grad_r = share.mul_(-0.5).add_(1).mul_(grad_y)
+        if uniform is not None:
+            grad_r.add_(uniform[:, :, None, None])
+        grad_r.add_((code & PEAK).bool() * at_peak[:, :, None, None])
+        return grad_r.masked_fill_((code & DEAD).bool(), 0), grad_weight, None, None  # relu: zero unless r > 0
 
 
 def drs_fused(x, weight=None, delta=None, inplace=False):
     """The fused DRS activation: learnable with ``weight`` (C, C), fixed with ``delta``. ``inplace`` reuses
     ``x``'s memory (the conv output before it, which nothing else needs). Without gradients (inference) the
-    same ops run without saving anything; under autocast (mixed dtypes) the reference ops run."""
+    same loops run without saving anything; under autocast (mixed dtypes) the reference ops run."""
     if torch.is_autocast_enabled(x.device.type):
         return drs_reference(x, weight, delta)
     if not torch.is_grad_enabled() or not (x.requires_grad or (weight is not None and weight.requires_grad)):
-        r = x.relu_() if inplace else torch.relu(x)
-        peak = r.amax(dim=(2, 3), keepdim=True)
-        if weight is None:
-            return r.clamp_(max=delta * peak)
-        return r.clamp_(max=peak * torch.sigmoid(F.linear(r.mean(dim=(2, 3)), weight))[:, :, None, None])
+        return _drs_forward(x, weight, delta, inplace, with_code=False)[0]
     return _FusedDRS.apply(x, weight, delta, inplace)
 
 

@@ -1,10 +1,15 @@
 """DRS math, the classifier's structure, its parameter groups and key names."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from models import drs_kernel
 from models.classifier import DRSClassifier
 from models.drs import FixedDRS, LearnableDRS, drs_fused, drs_reference
 from models.vgg import fold_batch_norm
@@ -48,8 +53,48 @@ def _drs_inputs():
     return x.requires_grad_()
 
 
+@pytest.fixture(params=["compiled", "torch ops"])
+def implementation(request, monkeypatch):
+    """The fused DRS's two implementations: the compiled CPU loops (models/drs_cpu.c) and PyTorch ops (what
+    runs on CUDA, or without a C compiler)."""
+    if request.param == "compiled":
+        if drs_kernel.load() is None:
+            pytest.skip("no C compiler: the compiled DRS loops are unavailable")
+    else:
+        monkeypatch.setattr(drs_kernel, "usable", lambda x: False)
+    return request.param
+
+
+def test_the_compiled_drs_loops_load_where_a_c_compiler_exists():
+    if not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        pytest.skip("no C compiler")
+    assert drs_kernel.load() is not None
+    assert drs_kernel.usable(torch.zeros(1, 2, 3, 3))
+    assert drs_kernel.usable(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+    assert not drs_kernel.usable(torch.zeros(1, 2, 3, 3, dtype=torch.bfloat16))
+    assert not drs_kernel.usable(torch.zeros(1, 2, 3, 3).to(memory_format=torch.channels_last))
+
+
+def test_without_a_compiler_the_drs_warns_once_and_runs_on_torch_ops(tmp_path):
+    """A failing build (here: CC is ``false``) is a warning, not an error: the same function on PyTorch ops."""
+    script = ("import warnings, torch\nfrom models.drs import drs_fused, drs_reference\n"
+              "warnings.simplefilter('always')\nx = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)\n"
+              "w = torch.randn(3, 3, dtype=torch.float64)\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    y = drs_fused(x, w); y.sum().backward(); drs_fused(x.detach(), w)\n"
+              "assert torch.equal(y, drs_reference(x, w)), 'value'\n"
+              "print(len(caught), caught[0].message)\n")
+    env = {**os.environ, "CC": "false", "DRS_KERNEL_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr
+    count, message = result.stdout.split(" ", 1)
+    assert count == "1" and "compiled CPU kernel is unavailable" in message and "same results" in message
+    assert not any((tmp_path / "cache").glob("*"))  # no temporary left behind
+
+
 @pytest.mark.parametrize("variant", ["learnable", "saturated gate", "delta 0.55", "delta 1"])
-def test_fused_drs_equals_the_reference_ops_in_value_and_gradient(variant):
+def test_fused_drs_equals_the_reference_ops_in_value_and_gradient(variant, implementation):
     """The fused autograd function against PyTorch's own relu/amax/mean/linear/sigmoid/minimum, ties included
     (minimum halves a tie's gradient, amax shares it between equal maxima)."""
     x = _drs_inputs()
@@ -60,7 +105,8 @@ def test_fused_drs_equals_the_reference_ops_in_value_and_gradient(variant):
         delta = None
     upstream = torch.randn(2, 6, 5, 4, dtype=torch.float64)
     outputs = []
-    for fn in (drs_reference, drs_fused, lambda x, w, d: drs_fused(x * 1, w, d, inplace=True)):
+    for fn in (drs_reference, drs_fused, lambda x, w, d: drs_fused(x * 1, w, d, inplace=True),
+               lambda x, w, d: drs_fused(x.to(memory_format=torch.channels_last), w, d)):  # never the C loops
         y = fn(x, weight, delta)
         inputs = (x,) if weight is None else (x, weight)
         outputs.append((y, torch.autograd.grad(y, inputs, upstream)))
@@ -77,7 +123,7 @@ def test_fused_drs_equals_the_reference_ops_in_value_and_gradient(variant):
 
 
 @pytest.mark.parametrize("learnable", [True, False])
-def test_fused_drs_passes_gradcheck(learnable):
+def test_fused_drs_passes_gradcheck(learnable, implementation):
     torch.manual_seed(2)
     x = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
     if learnable:
