@@ -3,6 +3,7 @@ to the same weights as an uninterrupted run, validation shared by torchrun proce
 
 import importlib.util
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -78,17 +79,30 @@ def assert_same_weights(a, b):
     assert not different, f"{len(different)} tensors differ after the resume, e.g. {different[:3]}"
 
 
-def kill_after_first_checkpoint(args, checkpoint, timeout=240):
-    """Start a training run and kill it (SIGKILL) as soon as ``checkpoint`` exists."""
-    process = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + timeout
-    while not checkpoint.exists():
-        assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-2000:]}"
-        assert time.time() < deadline, "no checkpoint within the timeout"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+def log_lines(path):
+    return path.read_text().count("\n") if path.is_file() else 0
+
+
+def run_killed_at(args, out, points, timeout=240):
+    """Run a training with ``--resume auto`` until it finishes, killing it (SIGKILL) once at each of ``points``:
+    ``(records, delay)`` kills a run ``delay`` seconds after it appended ``records`` lines to its log (0: during
+    start-up or its first update). Returns the update count of ``last.pth`` after each kill (None: none yet)."""
+    stopped = []
+    for records, delay in points:
+        start = log_lines(out / "log.jsonl")
+        process = subprocess.Popen([sys.executable, *map(str, args), "--out", out, "--resume", "auto"], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + timeout
+        while log_lines(out / "log.jsonl") < start + records and process.poll() is None:
+            assert time.time() < deadline, "the run wrote no log within the timeout"
+            time.sleep(0.01)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() in (0, -signal.SIGKILL), process.stderr.read()[-2000:]
+        last = out / "last.pth"
+        stopped.append(torch.load(last, weights_only=True)["iteration"] if last.is_file() else None)
+    result = run_cli(*args, "--out", out, "--resume", "auto")
+    return stopped, result
 
 
 STAGE1 = ["train_cls.py", "--config", "configs/cls_demo.yaml", "--no-progress", "--set", "data.num_workers=1",
@@ -119,20 +133,34 @@ def with_maps(voc_root, tmp_path, parity_weights):
     return ["--set", f"data.maps_dir={maps}"]
 
 
-@pytest.mark.parametrize("args,final", [(STAGE1, "last.pth"), (REFINE, "last.pth"), (V2, "checkpoint_final.pth"),
-                                        (V3P, "checkpoint_final.pth")], ids=["stage1", "refine", "v2", "v3p"])
-def test_a_killed_run_resumes_to_the_uninterrupted_weights(parity_voc, tmp_path, parity_weights, args, final):
-    """Stage 1 and 2: 3 updates an epoch (6 images, batch 2), killed after an epoch. DeepLab-V2: 2 batches an
-    update (accumulation), killed after its 2nd update, in the middle of an epoch. DeepLab-V3+ (dropout in its
-    head): 3 batches an epoch, killed after its 2nd update, so the resume starts in the middle of an epoch."""
+# (script arguments, final checkpoint, seed, log lines after which the first kill certainly follows a checkpoint)
+TRAINERS = {"stage1": (STAGE1, "last.pth", 1, (4, 8)), "refine": (REFINE, "last.pth", 2, (4, 6)),
+            "v2": (V2, "checkpoint_final.pth", 3, (3, 4)), "v3p": (V3P, "checkpoint_final.pth", 4, (3, 4))}
+
+
+@pytest.mark.parametrize("args,final,seed,first", TRAINERS.values(), ids=TRAINERS.keys())
+def test_a_run_killed_at_random_points_resumes_to_the_uninterrupted_weights(parity_voc, tmp_path, parity_weights,
+                                                                            args, final, seed, first):
+    """Each trainer killed three times at seeded random points and resumed with ``--resume auto`` each time ends
+    with the uninterrupted run's weights, bit for bit. A point is a number of log lines plus up to 1.5 times the
+    time between two lines, so
+    kills land in start-up, updates, validations and checkpoint writes; the first one comes after a checkpoint
+    (so that a resume from the middle of the run is certain), the other two anywhere from start-up on. Stage 1
+    and 2: 3 updates an epoch (6 images, batch 2); DeepLab-V2: 2 batches an update (accumulation); DeepLab-V3+
+    (dropout in its head): 3 batches an epoch, checkpoints every 2nd update, so resumes start mid-epoch."""
     if args is REFINE:
         args = [*args, *with_maps(parity_voc, tmp_path, parity_weights)]
-    run_cli(*args, "--voc-root", parity_voc, "--out", tmp_path / "whole")
+    args = [*args, "--voc-root", parity_voc]
+    run_cli(*args, "--out", tmp_path / "whole")
+    total = torch.load(tmp_path / "whole" / final, weights_only=True)["iteration"]
+    times = [r["time"] for r in curves.read_log(tmp_path / "whole")]
+    spacing = (times[-1] - times[0]) / (len(times) - 1)  # seconds between log lines
+    rng = random.Random(seed)
+    points = [(rng.randint(*first), rng.uniform(0, 1.5) * spacing)]
+    points += [(rng.randint(0, 4), rng.uniform(0, 1.5) * spacing) for _ in range(2)]
     killed = tmp_path / "killed"
-    kill_after_first_checkpoint([*args, "--voc-root", parity_voc, "--out", killed], killed / "last.pth")
-    stopped = torch.load(killed / "last.pth", weights_only=True)["iteration"]
-    assert stopped < torch.load(tmp_path / "whole" / final, weights_only=True)["iteration"], "killed too late"
-    result = run_cli(*args, "--voc-root", parity_voc, "--out", killed, "--resume", "auto")
+    stopped, result = run_killed_at(args, killed, points)
+    assert any(n is not None and n < total for n in stopped), f"no kill landed mid-run: {points} -> {stopped}"
     assert "resumed from" in result.stdout
     assert_same_weights(weights(tmp_path / "whole" / final), weights(killed / final))
 
