@@ -25,7 +25,6 @@ The transfer itself is pooch's (requests, progress bars).
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -40,7 +39,7 @@ from pathlib import Path, PurePosixPath
 
 from utils import cli
 from utils.errors import UserError
-from utils.io import progress, save_json
+from utils.io import file_digest, progress, save_json
 
 REPO = Path(__file__).resolve().parents[1]
 RELEASE_URL = "https://github.com/qjadud1994/DRS/releases/download/asset/"
@@ -154,14 +153,6 @@ def weights_enum(asset):
     return torchvision.models.get_model_weights(model)[member]
 
 
-def file_hash(path, algorithm="sha256"):
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------- manifest
 
 @contextlib.contextmanager
@@ -214,11 +205,11 @@ def expected_digest(asset, entry):
 
 def check_file(asset, path, entry):
     """Raise AssetError when ``path`` does not match what is known of ``asset``; return its SHA-256."""
-    sha256 = file_hash(path)
+    sha256 = file_digest(path)
     expected = expected_digest(asset, entry)
     if expected is not None:
         algorithm, value, source = expected
-        actual = sha256 if algorithm == "sha256" else file_hash(path, algorithm)
+        actual = sha256 if algorithm == "sha256" else file_digest(path, algorithm)
         if not actual.startswith(value):
             raise AssetError(f"{path} has {algorithm.upper()} {actual}, expected {value} ({source})")
     return sha256

@@ -121,9 +121,9 @@ def progress(iterable=None, quiet=False, **kwargs):
 PROVENANCE = "made_with.json"
 
 
-def file_digest(path):
-    """The SHA-256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
+def file_digest(path, algorithm="sha256"):
+    """The digest of a file's bytes (hex): SHA-256 unless ``algorithm`` names another of hashlib's."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
