@@ -14,7 +14,7 @@ import torch
 from utils import checkpoints, cli, voc
 from utils.distributed import inference_device
 from utils.io import claim_folder, file_digest
-from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, write_localization_maps
+from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, PRECISIONS, write_localization_maps
 from utils.wsss.transforms import eval_transform
 
 
@@ -29,6 +29,8 @@ def build_parser():
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: convolutions under bfloat16 autocast, ~3x faster, maps differ slightly")
     cli.add_device(parser)
     return parser
 
@@ -38,16 +40,19 @@ def run(args):
     entries = voc.read_list(args.list, voc_root=args.voc_root)
     device = inference_device(args.device)
     model, model_args = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
-    claim_folder(out_dir, {"made_by": "make_localization_maps.py", "checkpoint_sha256": file_digest(args.checkpoint),
-                           "delta": args.delta, "size": args.size, "scales": args.scales}, "localization maps")
+    made_with = {"made_by": "make_localization_maps.py", "checkpoint_sha256": file_digest(args.checkpoint),
+                 "delta": args.delta, "size": args.size, "scales": args.scales}
+    if args.precision != "fp32":  # recorded only when not the default, so that older folders stay valid
+        made_with["precision"] = args.precision
+    claim_folder(out_dir, made_with, "localization maps")
     todo = [e for e in entries if not (out_dir / f"{e[0]}.npy").exists()]
     print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "
-          f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size})")
+          f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size}, {args.precision})")
     if todo:
         dataset = voc.VOCDataset(args.voc_root, todo, eval_transform(args.size))
         loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
                                              collate_fn=voc.collate)
-        write_localization_maps(model, loader, out_dir, device, scales=args.scales)
+        write_localization_maps(model, loader, out_dir, device, scales=args.scales, precision=args.precision)
     return out_dir
 
 

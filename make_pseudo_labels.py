@@ -18,7 +18,7 @@ from utils import checkpoints, cli, voc
 from utils.crf import CRFParams, crf_from_labels, run_parallel
 from utils.distributed import inference_device
 from utils.io import claim_folder, file_digest, progress, save_label_png
-from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, multiscale_maps
+from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, PRECISIONS, multiscale_maps, score_function
 from utils.wsss.pseudo_labels import pseudo_label, threshold_label
 from utils.wsss.transforms import eval_transform
 
@@ -41,6 +41,8 @@ def build_parser():
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: convolutions under bfloat16 autocast, ~3x faster, maps differ slightly")
     cli.add_device(parser)
     return parser
 
@@ -49,9 +51,9 @@ def build_score_fn(args, device):
     """The maps to label: the refinement net's raw output, or the classifier's normalised CAM."""
     if args.stage == "cls":
         model, _ = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
-        return model.eval().class_maps, True
+        return score_function(model.eval(), "class_maps", args.precision), True
     model, _ = checkpoints.load_refiner(args.checkpoint, map_location=device)
-    return model.eval().score_maps, False
+    return score_function(model.eval(), "score_maps", args.precision), False
 
 
 def label_images(args, entries, out_dir, device, score_fn, normalize):
@@ -85,11 +87,15 @@ def _crf_one(voc_root, raw_path, out_path):
 
 
 def settings(args):
-    """What the labels depend on (recorded in the output folder, see :func:`utils.io.claim_folder`)."""
-    return {"made_by": "make_pseudo_labels.py", "checkpoint_sha256": file_digest(args.checkpoint), "stage": args.stage,
-            "delta": args.delta, "alpha": args.alpha, "saliency": not args.no_saliency,
-            "bg_threshold": args.bg_threshold if args.no_saliency else None, "crf": args.crf, "size": args.size,
-            "scales": args.scales}
+    """What the labels depend on (recorded in the output folder, see :func:`utils.io.claim_folder`); the precision
+    only when not the default, so that folders written before the option stay valid."""
+    made_with = {"made_by": "make_pseudo_labels.py", "checkpoint_sha256": file_digest(args.checkpoint),
+                 "stage": args.stage, "delta": args.delta, "alpha": args.alpha, "saliency": not args.no_saliency,
+                 "bg_threshold": args.bg_threshold if args.no_saliency else None, "crf": args.crf, "size": args.size,
+                 "scales": args.scales}
+    if args.precision != "fp32":
+        made_with["precision"] = args.precision
+    return made_with
 
 
 def run(args):

@@ -8,7 +8,7 @@ networks): stage 1 with plain ReLU, fixed δ 0.55 and learnable DRS, each DRS al
 (``-torchops``: what CUDA runs); the refinement network; DeepLab-V2 (ResNet-101, MSC); DeepLab-V3+ (ResNet-101, OS 16).
 Generation and evaluation (the command-line tools as users run them, on copies of the parity images with the
 parity fixtures' random weights): localization maps, pseudo labels, DeepLab-V2 and V3+ evaluation, and the
-dense CRF per image.
+dense CRF per image; maps and pseudo labels also with ``--precision bf16``.
 
 Each case runs in a process of its own so that its peak memory is its own: on CUDA the allocator's peak, on
 the CPU the growth of the resident set over what the case held before its first step (weights and inputs
@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO))
 PARITY = REPO / "tests" / "fixtures" / "parity"
 STEP_CASES = ["stage1/relu", "stage1/delta", "stage1/delta-reference", "stage1/learnable",
               "stage1/learnable-torchops", "stage1/learnable-reference", "refine", "deeplab_v2", "deeplab_v3plus"]
-TOOL_CASES = ["maps", "pseudo_labels", "deeplab_v2_eval", "deeplab_v3plus_eval", "crf"]
+TOOL_CASES = ["maps", "maps-bf16", "pseudo_labels", "pseudo_labels-bf16", "deeplab_v2_eval", "deeplab_v3plus_eval",
+              "crf"]
 
 
 def rss_mb():
@@ -173,6 +174,9 @@ def tool_command(case, root, folder, device):
     train, val = root / "lists" / "train_aug_cls.txt", root / "lists" / "val_cls.txt"
     count = lambda path: sum(1 for line in path.read_text().splitlines() if line.strip())  # noqa: E731
     dev = ["--device", device.type]
+    if case.endswith("-bf16"):  # the generation tools' --precision bf16
+        argv, images = tool_command(case.removesuffix("-bf16"), root, folder, device)
+        return [*argv, "--precision", "bf16"], images
     if case == "maps":
         return (["make_localization_maps.py", "--voc-root", root, "--list", train, "--checkpoint",
                  weights(folder, "drs_cls_learnable"), "--out", folder / "maps", *dev], count(train))

@@ -87,6 +87,37 @@ def test_pseudo_label_cli_matches_original_and_resumes(parity_weights, parity_vo
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == before
 
 
+def test_bf16_labels_stay_close_to_the_original_and_are_not_mixed_with_fp32(parity_weights, parity_voc, tmp_path):
+    """--precision bf16 (convolutions in bfloat16): the labels agree with the original's float32 labels on most
+    pixels, and a folder written in one precision refuses to be completed in the other."""
+    out = tmp_path / "labels"
+    run_cli(*pseudo_label_args(parity_voc, parity_weights("drs_refine"), out, "--precision", "bf16"))
+    expected_dir = EXPECTED / "D_pseudo_labels_s0"
+    names = sorted(p.name for p in expected_dir.glob("*.png"))
+    assert sorted(p.name for p in out.glob("*.png")) == names
+    agreement = np.mean([(np.array(Image.open(out / n)) == np.array(Image.open(expected_dir / n))).mean()
+                         for n in names])
+    assert agreement > 0.99, agreement
+    (out / names[0]).unlink()
+    refused = run_cli(*pseudo_label_args(parity_voc, parity_weights("drs_refine"), out), check=False)
+    assert refused.returncode == 2 and "precision" in refused.stderr
+
+
+def test_bf16_localization_maps_are_close_to_fp32(parity_weights, parity_voc, tmp_path):
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        run_cli("make_localization_maps.py", "--voc-root", parity_voc, "--list",
+                parity_voc / "lists" / "train_aug_cls.txt", "--checkpoint", parity_weights("drs_cls_learnable"),
+                "--out", tmp_path / precision, "--size", "96", "--scales", "64", "96", "--num-workers", "0",
+                "--precision", precision)
+        maps[precision] = {p.name: np.load(p).astype(int) for p in sorted((tmp_path / precision).glob("*.npy"))}
+    assert maps["fp32"].keys() == maps["bf16"].keys() and len(maps["fp32"]) == 6
+    for name, exact in maps["fp32"].items():
+        fast = maps["bf16"][name]
+        assert ((exact == 0).all(axis=(1, 2)) == (fast == 0).all(axis=(1, 2))).all()  # the same classes
+        assert np.abs(exact - fast).mean() < 1, (name, np.abs(exact - fast).mean())  # of 255 levels
+
+
 def test_classifier_checkpoint_where_refiner_expected(parity_weights, parity_voc, tmp_path):
     result = run_cli(*pseudo_label_args(parity_voc, parity_weights("drs_cls_learnable"), tmp_path / "o"), check=False)
     assert result.returncode != 0 and "not a refinement network" in result.stderr
