@@ -14,7 +14,13 @@ import torch
 from utils import checkpoints, cli, voc
 from utils.distributed import inference_device
 from utils.io import claim_folder, file_digest
-from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, PRECISIONS, write_localization_maps
+from utils.wsss.cam import (
+    LOCALIZATION_SCALES,
+    LOCALIZATION_SIZE,
+    PRECISIONS,
+    generation_batch_size,
+    write_localization_maps,
+)
 from utils.wsss.transforms import eval_transform
 
 
@@ -27,7 +33,8 @@ def build_parser():
     parser.add_argument("--delta", type=float, default=None, help="fixed-delta DRS value (original checkpoints only)")
     parser.add_argument("--size", type=int, default=LOCALIZATION_SIZE, help="test size S (images squashed to S x S)")
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: 8 on CUDA, 1 on the CPU)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: convolutions under bfloat16 autocast, ~3x faster, maps differ slightly")
@@ -50,8 +57,8 @@ def run(args):
           f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size}, {args.precision})")
     if todo:
         dataset = voc.VOCDataset(args.voc_root, todo, eval_transform(args.size))
-        loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                             collate_fn=voc.collate)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=generation_batch_size(args.batch_size, device),
+                                             num_workers=args.num_workers, collate_fn=voc.collate)
         write_localization_maps(model, loader, out_dir, device, scales=args.scales, precision=args.precision)
     return out_dir
 

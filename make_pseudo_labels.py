@@ -18,7 +18,14 @@ from utils import checkpoints, cli, voc
 from utils.crf import CRFParams, crf_from_labels, run_parallel
 from utils.distributed import inference_device
 from utils.io import claim_folder, file_digest, progress, save_label_png
-from utils.wsss.cam import LOCALIZATION_SCALES, LOCALIZATION_SIZE, PRECISIONS, multiscale_maps, score_function
+from utils.wsss.cam import (
+    LOCALIZATION_SCALES,
+    LOCALIZATION_SIZE,
+    PRECISIONS,
+    generation_batch_size,
+    multiscale_maps,
+    score_function,
+)
 from utils.wsss.pseudo_labels import pseudo_label, threshold_label
 from utils.wsss.transforms import eval_transform
 
@@ -39,7 +46,8 @@ def build_parser():
     parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
     parser.add_argument("--size", type=int, default=LOCALIZATION_SIZE, help="images squashed to size x size")
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: 8 on CUDA, 1 on the CPU)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: convolutions under bfloat16 autocast, ~3x faster, maps differ slightly")
@@ -59,8 +67,8 @@ def build_score_fn(args, device):
 def label_images(args, entries, out_dir, device, score_fn, normalize):
     masks = () if args.no_saliency else ("saliency",)
     dataset = voc.VOCDataset(args.voc_root, entries, eval_transform(args.size, resize_masks=False), masks=masks)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers,
-                                         collate_fn=voc.collate)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=generation_batch_size(args.batch_size, device),
+                                         num_workers=args.num_workers, collate_fn=voc.collate)
     written = []
     for batch in progress(loader, desc="pseudo labels", unit="batch"):
         maps = multiscale_maps(score_fn, batch["image"].to(device), batch["classes"].to(device), batch["size"],

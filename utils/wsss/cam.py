@@ -8,6 +8,12 @@ LOCALIZATION_SIZE = 320
 PRECISIONS = ("fp32", "bf16")
 
 
+def generation_batch_size(requested, device):
+    """``--batch-size`` of the generation tools: as given, else 8 on CUDA and 1 on the CPU (where a larger batch
+    is slower: its large fresh tensors cost page faults, measured in docs/performance.md)."""
+    return requested or (8 if device.type == "cuda" else 1)
+
+
 def score_function(model, method, precision="fp32"):
     """``model.<method>`` as a function of images. ``fp32``: as is (the parity-exact path). ``bf16``: under
     bfloat16 autocast with the model and the images in channels-last memory, the output back in float32: the
@@ -44,17 +50,27 @@ def multiscale_maps(score_fn, images, classes, sizes, scales=LOCALIZATION_SCALES
     ``class_maps`` with ``normalize=True`` for ReLU + per-channel max-normalisation, i.e. its CAM).
     ``sizes``: one (H, W) per image, so a batch may mix image sizes. Returns a list of (C, H, W) tensors.
     """
-    combined = [torch.zeros(classes.shape[1], *size, device=images.device) for size in sizes]
+    # Only the image's classes are upsampled (the others are masked to 0 anyway; channels are independent, so
+    # the values are the same): an image has one to three of the 20 classes.
+    present = [torch.nonzero(row).flatten() for row in classes]
+    combined = [torch.zeros(len(keep), *size, device=images.device) for keep, size in zip(present, sizes)]
     for scale in scales:
         raw = score_fn(F.interpolate(images, size=(scale, scale), mode="bilinear", align_corners=False))
         if normalize:
             raw = torch.relu(raw)
-        for index, size in enumerate(sizes):
-            maps = F.interpolate(raw[index:index + 1], size=tuple(size), mode="bilinear", align_corners=True)[0]
+        for index, (keep, size) in enumerate(zip(present, sizes)):
+            if len(keep) == 0:
+                continue
+            maps = F.interpolate(raw[index:index + 1, keep], size=tuple(size), mode="bilinear", align_corners=True)[0]
             if normalize:
                 maps = maps / (maps.amax(dim=(1, 2), keepdim=True) + 1e-5)
-            combined[index] = torch.maximum(combined[index], maps * classes[index, :, None, None])
-    return combined
+            torch.maximum(combined[index], maps * classes[index, keep, None, None], out=combined[index])
+    result = []
+    for keep, maps, size in zip(present, combined, sizes):
+        full = torch.zeros(classes.shape[1], *size, device=images.device)
+        full[keep] = maps
+        result.append(full)
+    return result
 
 
 @torch.no_grad()
