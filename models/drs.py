@@ -8,10 +8,11 @@ clipped, so the strongest (most discriminative) responses cannot dominate and at
 Two implementations of the same function: the reference (``fused=False``: PyTorch's relu, amax, mean, linear,
 sigmoid and minimum, each kept by autograd with its own saved tensors) and the default fused one
 (``drs_fused``: one autograd function with a hand-written backward). The fused function keeps only what its
-backward needs: the output, which the next conv keeps anyway, and one byte per activation saying whether it
-was clipped and whether it was its channel's peak, instead of the float ReLU output and its copies. Its
-gradients follow PyTorch's rules exactly, ties included: ``torch.minimum`` gives half the gradient to each side
-of a tie, ``torch.amax`` shares it equally between all maxima (the parity fixtures were made with them).
+backward needs: one byte per activation (clipped, tied with the threshold, the channel's peak, zero after the
+relu) and a few (N, C) numbers, instead of the float ReLU output and its copies. Its gradients follow
+PyTorch's rules exactly, ties included: ``torch.minimum`` gives half the gradient to each side of a tie,
+``torch.amax`` shares it equally between all maxima (the parity fixtures were made with them). On the CPU its
+loops are compiled C (``models/drs_cpu.c``, see ``models/drs_kernel.py``); elsewhere they are PyTorch ops.
 """
 
 import torch
@@ -42,7 +43,7 @@ def _drs_forward(x, weight, delta, inplace, with_code):
         threshold = peak * gate
     if drs_kernel.usable(r):
         if with_code:
-            code = torch.empty(r.shape, dtype=torch.uint8)
+            code = torch.empty(r.shape, dtype=torch.uint8, device=r.device)
         drs_kernel.clip(r, threshold, peak, code)
         return r, code, peak, gate, pooled
     threshold, peak4 = threshold[:, :, None, None], peak[:, :, None, None]
@@ -72,9 +73,11 @@ class _FusedDRS(torch.autograd.Function):
     def backward(ctx, grad_y):
         code, peak, gate, pooled, weight = ctx.saved_tensors
         hw = code.shape[2] * code.shape[3]
-        compiled = code.is_contiguous() and drs_kernel.usable(grad_y.contiguous())  # the C loops read both as NCHW
-        if compiled:
-            grad_y = grad_y.contiguous()
+        compiled = False
+        if code.is_contiguous():  # the C loops read the code and the gradient as NCHW
+            contiguous = grad_y.contiguous()
+            compiled = drs_kernel.usable(contiguous)
+            grad_y = contiguous if compiled else grad_y
         # torch.minimum gives the smaller side the gradient and half of it to each side of a tie: the threshold
         # gets all of a clipped position's gradient and half of a tie's, relu(x) the rest.
         if compiled:
