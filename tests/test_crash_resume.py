@@ -1,6 +1,7 @@
 """Crash consistency: what a killed process leaves behind is never read as finished, and is cleaned up."""
 
 import os
+import random
 import signal
 import stat
 import subprocess
@@ -62,10 +63,10 @@ def test_atomic_files_get_the_mode_of_any_new_file(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)  # not mkstemp's 0600
 
 
-def kill_when_written(args, folder, pattern, count, timeout=300):
-    """Run a tool and SIGKILL it as soon as ``count`` files matching ``pattern`` exist in ``folder``; return the
-    names present at the kill (every one must already be complete: files appear under their final name only
-    when whole)."""
+def kill_when_written(args, folder, pattern, count, delay=0.0, timeout=300):
+    """Run a tool and SIGKILL it ``delay`` seconds after ``count`` files matching ``pattern`` exist in ``folder``;
+    return the names present at the kill (every one must already be complete: files appear under their final
+    name only when whole)."""
     process = subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
@@ -73,9 +74,24 @@ def kill_when_written(args, folder, pattern, count, timeout=300):
         assert process.poll() is None, f"the run ended before the kill: {process.stderr.read()[-2000:]}"
         assert time.time() < deadline, "no output within the timeout"
         time.sleep(0.01)
+    time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait()
     return sorted(p.name for p in folder.glob(pattern))
+
+
+def kill_at_random_points(args, folder, pattern, total, seed, kills=2):
+    """Kill a tool ``kills`` times, each a seeded 0-0.3 s after one or two more files appeared (the rerun after
+    a kill resumes the job); stops early when all ``total`` files are there. Returns the names present after
+    each kill."""
+    rng = random.Random(seed)
+    after = []
+    for _ in range(kills):
+        count = len(list(folder.glob(pattern))) + rng.randint(1, 2)
+        if count >= total:
+            break
+        after.append(kill_when_written(args, folder, pattern, count, delay=rng.uniform(0, 0.3)))
+    return after
 
 
 def same_files(a, b, pattern):
@@ -91,12 +107,14 @@ def test_killed_localization_maps_rerun_to_the_same_files(parity_weights, parity
             "--size", "256", "--scales", "256"]  # ~0.3 s an image: the kill lands before the last one
     run_cli(*args, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
-    present = kill_when_written([*args, "--out", killed], killed, "*.npy", 1)
-    assert len(present) < len(list((tmp_path / "whole").glob("*.npy"))), "killed too late"
-    for name in present:  # complete files only, never a truncated one under its final name
-        assert np.load(killed / name).shape == np.load(tmp_path / "whole" / name).shape
+    total = len(list((tmp_path / "whole").glob("*.npy")))
+    kills = kill_at_random_points([*args, "--out", killed], killed, "*.npy", total, seed=1)
+    assert kills and len(kills[-1]) < total, "killed too late"
+    for present in kills:  # complete files only, never a truncated one under its final name
+        for name in present:
+            assert np.load(killed / name).shape == np.load(tmp_path / "whole" / name).shape
     result = run_cli(*args, "--out", killed)
-    assert f"{len(present)} of" in result.stdout
+    assert f"{len(kills[-1])} of" in result.stdout
     same_files(tmp_path / "whole", killed, "*.npy")
     assert not list(killed.glob(".*.tmp"))
 
@@ -114,10 +132,12 @@ def test_killed_crf_pseudo_labels_rerun_to_the_same_files(parity_weights, parity
             "--size", "96", "--scales", "96"]
     run_cli(*args, "--out", tmp_path / "whole")
     killed = tmp_path / "killed"
-    present = kill_when_written([*args, "--out", killed], killed, "*.png", 1)  # in the CRF pass
-    assert len(present) < len(list((tmp_path / "whole").glob("*.png"))), "killed too late"
-    for name in present:
-        assert Image.open(killed / name).size == Image.open(tmp_path / "whole" / name).size
+    total = len(list((tmp_path / "whole").glob("*.png")))
+    kills = kill_at_random_points([*args, "--out", killed], killed, "*.png", total, seed=2)  # in the CRF pass
+    assert kills and len(kills[-1]) < total, "killed too late"
+    for present in kills:
+        for name in present:
+            assert Image.open(killed / name).size == Image.open(tmp_path / "whole" / name).size
     without_crf = run_cli(*[a for a in args if a != "--crf"], "--out", killed, check=False)
     assert without_crf.returncode == 2 and "other settings" in without_crf.stderr  # never mixed with plain labels
     run_cli(*args, "--out", killed)
