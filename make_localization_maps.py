@@ -17,8 +17,9 @@ from utils.io import claim_folder, file_digest
 from utils.wsss.cam import (
     LOCALIZATION_SCALES,
     LOCALIZATION_SIZE,
-    PRECISIONS,
+    add_generation_options,
     generation_batch_size,
+    with_precision,
     write_localization_maps,
 )
 from utils.wsss.transforms import eval_transform
@@ -33,11 +34,7 @@ def build_parser():
     parser.add_argument("--delta", type=float, default=None, help="fixed-delta DRS value (original checkpoints only)")
     parser.add_argument("--size", type=int, default=LOCALIZATION_SIZE, help="test size S (images squashed to S x S)")
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per forward pass (default: 8 on CUDA, 1 on the CPU)")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="bf16: convolutions under bfloat16 autocast, ~3x faster, maps differ slightly")
+    add_generation_options(parser)
     cli.add_device(parser)
     return parser
 
@@ -49,9 +46,7 @@ def run(args):
     model, model_args = checkpoints.load_classifier(args.checkpoint, delta=args.delta, map_location=device)
     made_with = {"made_by": "make_localization_maps.py", "checkpoint_sha256": file_digest(args.checkpoint),
                  "delta": args.delta, "size": args.size, "scales": args.scales}
-    if args.precision != "fp32":  # recorded only when not the default, so that older folders stay valid
-        made_with["precision"] = args.precision
-    claim_folder(out_dir, made_with, "localization maps")
+    claim_folder(out_dir, with_precision(made_with, args.precision), "localization maps")
     todo = [e for e in entries if not (out_dir / f"{e[0]}.npy").exists()]
     print(f"localization maps: {len(entries) - len(todo)} of {len(entries)} already in {out_dir}, "
           f"{len(todo)} to write (model {model_args}, scales {args.scales}, size {args.size}, {args.precision})")

@@ -21,10 +21,11 @@ from utils.io import claim_folder, file_digest, progress, save_label_png
 from utils.wsss.cam import (
     LOCALIZATION_SCALES,
     LOCALIZATION_SIZE,
-    PRECISIONS,
+    add_generation_options,
     generation_batch_size,
     multiscale_maps,
     score_function,
+    with_precision,
 )
 from utils.wsss.pseudo_labels import pseudo_label, threshold_label
 from utils.wsss.transforms import eval_transform
@@ -46,11 +47,7 @@ def build_parser():
     parser.add_argument("--jobs", type=int, default=None, help="CRF processes (default: all CPUs)")
     parser.add_argument("--size", type=int, default=LOCALIZATION_SIZE, help="images squashed to size x size")
     parser.add_argument("--scales", type=int, nargs="+", default=list(LOCALIZATION_SCALES))
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per forward pass (default: 8 on CUDA, 1 on the CPU)")
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="bf16: convolutions under bfloat16 autocast, ~3x faster, maps differ slightly")
+    add_generation_options(parser)
     cli.add_device(parser)
     return parser
 
@@ -95,15 +92,12 @@ def _crf_one(voc_root, raw_path, out_path):
 
 
 def settings(args):
-    """What the labels depend on (recorded in the output folder, see :func:`utils.io.claim_folder`); the precision
-    only when not the default, so that folders written before the option stay valid."""
+    """What the labels depend on (recorded in the output folder, see :func:`utils.io.claim_folder`)."""
     made_with = {"made_by": "make_pseudo_labels.py", "checkpoint_sha256": file_digest(args.checkpoint),
                  "stage": args.stage, "delta": args.delta, "alpha": args.alpha, "saliency": not args.no_saliency,
                  "bg_threshold": args.bg_threshold if args.no_saliency else None, "crf": args.crf, "size": args.size,
                  "scales": args.scales}
-    if args.precision != "fp32":
-        made_with["precision"] = args.precision
-    return made_with
+    return with_precision(made_with, args.precision)
 
 
 def run(args):

@@ -29,7 +29,8 @@ def _drs_forward(x, weight, delta, inplace, with_code):
     """``(y, code, peak, gate, pooled)``; peak, gate and pooled are (N, C), gate and pooled None for a fixed
     delta, code None unless ``with_code``. The compiled CPU loops where they apply, else PyTorch ops."""
     gate = pooled = code = None
-    if drs_kernel.usable(x):
+    compiled = drs_kernel.usable(x)  # then r, in x's layout, is usable too
+    if compiled:
         r = x if inplace else torch.empty_like(x)
         peak = drs_kernel.relu_max(x, r)
     else:
@@ -41,7 +42,7 @@ def _drs_forward(x, weight, delta, inplace, with_code):
         pooled = r.mean(dim=(2, 3))
         gate = torch.sigmoid(F.linear(pooled, weight))
         threshold = peak * gate
-    if drs_kernel.usable(r):
+    if compiled:
         if with_code:
             code = torch.empty(r.shape, dtype=torch.uint8, device=r.device)
         drs_kernel.clip(r, threshold, peak, code)
