@@ -65,7 +65,7 @@ def test_layout_and_splits(tiny):
     assert "synthetic" in (root / "README.txt").read_text().lower()
     assert json.loads((root / "demo_meta.json").read_text()) == meta
     assert meta["counts"] == {"train_aug": 8, "train": 3, "val": 4}
-    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 160 and meta["params"]["version"] == 2
+    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 160 and meta["params"]["version"] == 3
     assert meta["class_names"] == ["aeroplane", "bird", "car", "cat", "dog", "person"]
 
 
@@ -173,6 +173,20 @@ def test_leaving_a_region_out_changes_only_its_pixels():
     assert single["classes"] == [DEMO_CLASSES[2]]
 
 
+def test_version_2_is_kept_with_thinner_bodies_and_wider_hue_windows(tmp_path):
+    meta = generate(tmp_path, seed=0, num_train_aug=6, num_train=1, num_val=1, version=2)
+    assert meta["params"]["version"] == 2 and meta["size"] == 160
+    low, high = meta["body_hue_windows"]["aeroplane"]
+    assert high - low == pytest.approx(0.44) and demo_data.body_hue_window(0) == pytest.approx((-0.15, 0.15))
+    objects = {version: [] for version in (2, 3)}
+    for index in range(1, 7):
+        for version in (2, 3):
+            sample = demo_data.render_sample(0, index, DEMO_CLASSES[0], 160, version=version, count=1)
+            objects[version].append((sample["parts"] > 0).mean())
+    # the same draws scale the bodies: version 3's cover about twice the area of version 2's
+    assert all(1.7 < v3 / v2 < 2.6 for v2, v3 in zip(objects[2], objects[3], strict=True))
+
+
 def test_version_1_is_kept(tmp_path):
     meta = generate(tmp_path, seed=0, num_train_aug=2, num_train=1, num_val=1, version=1)
     assert meta["params"]["version"] == 1 and meta["size"] == 112 and meta["body_hue_windows"] is None
@@ -237,7 +251,7 @@ def test_refuses_foreign_folders_and_bad_parameters(tmp_path):
     with pytest.raises(ValueError, match="size"):
         generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, size=64)
     with pytest.raises(ValueError, match="version"):
-        generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, version=3)
+        generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, version=4)
 
 
 def test_class_plan_is_balanced():

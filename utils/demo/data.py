@@ -3,12 +3,12 @@
 Design: the dataset is built to have the problem DRS addresses. A classifier trained on image-level labels
 leans on the most discriminative evidence, so its class activation maps cover small object parts, while the
 rest of an object carries weaker evidence that a classifier pushed off the part (DRS) can still use. Here
-every object (version 2, the default) is
+every object (version 3, the default) is
 
-* a LARGE, elongated body: a wobbly, mottled ellipse about 86 x 32 px in a 160 px image (11 x 4 cells of a
-  stride-8 feature map) whose colour is a saturated hue drawn from a window of its class; the windows of
-  neighbouring classes overlap, so the body hints at its class (a probe CNN names it 39 % of the time,
-  chance 1/6: ``utils.demo.evidence`` measures it) without deciding it, and
+* a LARGE, elongated body: a wobbly, mottled ellipse about 116 x 54 px in a 160 px image (15 x 7 cells of a
+  stride-8 feature map; objects cover about a fifth of the pixels) whose colour is a saturated hue drawn from
+  a window of its class; the windows of neighbouring classes overlap, so the body hints at its class (a probe
+  CNN names it about half the time, chance 1/6: ``utils.demo.evidence`` measures it) without deciding it, and
 * a SMALL discriminative part at one end of the body (10-15 % of the object area, like a head on a torso)
   with a class-specific colour AND pattern (stripes, checker, dots, rings, cross, triangle), which names the
   class for certain.
@@ -21,9 +21,11 @@ shapes and strokes, all below the bodies' saturation, so the body's hue is never
 Saliency maps imitate an off-the-shelf salient-object detector: blurred, noisy object masks, with an object
 occasionally missed and a false salient blob now and then.
 
-Version 1 (``--version 1``, 112 px) is the first demo, kept for the record: round bodies whose colour is the
-same for every class, a part anywhere inside, colourful backgrounds. With no evidence on the body, suppression
-could only spread maps everywhere (docs/demo.md).
+Versions 1 and 2 are kept for the record (docs/demo.md). Version 2: the same design with thinner bodies
+(about 86 x 32 px, 11 x 4 cells, narrower than the plain CAM's blob around the part) and wider hue windows
+(the probe: 38-42 %). Version 1 (112 px): round bodies whose colour is the same for every class, a part
+anywhere inside, colourful backgrounds; with no evidence on the body, suppression could only spread maps
+everywhere.
 
 Determinism: image ``k`` is rendered from its own seed sequence ``(seed, k)`` and the class of its first
 object comes from a balanced plan drawn in blocks, so a file depends only on the seed, its index and the
@@ -57,9 +59,9 @@ from utils.voc import (
     derive_cls_lists,
 )
 
-GENERATOR_VERSION = 2  # the default; version 1 (bodies without class evidence) stays behind --version 1
-VERSIONS = (1, 2)
-DEFAULT_SIZE = {1: 112, 2: 160}
+GENERATOR_VERSION = 3  # the default; versions 1 and 2 stay behind --version for the record (docs/demo.md)
+VERSIONS = (1, 2, 3)
+DEFAULT_SIZE = {1: 112, 2: 160, 3: 160}
 DEMO_CLASSES = (0, 2, 6, 7, 11, 14)  # 0-based VOC ids: aeroplane, bird, car, cat, dog, person
 PART_DIR = "PartMasks"
 BODY, PART = 1, 2
@@ -87,13 +89,21 @@ PART_AREA_FRACTION = (0.10, 0.15)
 MAX_OVERLAP = 0.10  # a new object may cover at most this fraction of the smaller object
 PLACEMENT_TRIES = 40
 
-# Version 2: graded evidence. Sizes are for a 160 px image and scale with the image side.
+# Versions 2 and 3: graded evidence. Sizes are for a 160 px image and scale with the image side.
 V2_REFERENCE_SIZE = 160
-V2_SEMI_AXES_SINGLE = ((38.0, 48.0), (14.0, 18.0))  # (long, short) ranges: elongated bodies, ~86 x 32 px
-V2_SEMI_AXES_MULTI = ((30.0, 38.0), (12.0, 15.0))
-# Body hue: class i's window is centred at i/6 and reaches 0.22 to each side (1.3 class spacings), so every
-# hue is shared by two or three classes: the body hints at its class without deciding it (chance: 1/6).
-BODY_HUE_HALF_WIDTH = 0.22
+# (long, short) semi-axis ranges in px, for an image's only object / for objects sharing the image.
+# Version 2: elongated bodies about 86 x 32 px (11 x 4 cells at stride 8), thinner than the plain CAM's blob
+# around the part. Version 3: large bodies about 116 x 54 px, as a photographed cat or car fills much of its
+# picture (objects cover 19 % of the pixels on average, against 9 % in version 2).
+SEMI_AXES = {
+    2: {"single": ((38.0, 48.0), (14.0, 18.0)), "multi": ((30.0, 38.0), (12.0, 15.0))},
+    3: {"single": ((52.0, 64.0), (24.0, 30.0)), "multi": ((40.0, 48.0), (18.0, 22.0))},
+}
+# Body hue: class i's window is centred at i/6 and reaches this far to each side. Version 2: 0.22 (1.3 class
+# spacings, every hue shared by two or three classes; the probe names a body 38-42 % of the time). Version 3:
+# 0.15 (0.9 spacings, one or two classes; 53 %), the middle of the 40-70 % that a body-only classifier of
+# real photographs plausibly reaches. Chance is 1/6 in both.
+BODY_HUE_HALF_WIDTH = {2: 0.22, 3: 0.15}
 BODY_SATURATION = (0.5, 0.85)
 BODY_VALUE = (0.5, 0.85)
 # Backgrounds and distractors stay below this saturation, bodies above BODY_SATURATION[0]: the background
@@ -168,8 +178,8 @@ def _grid(size):
 def render_background(rng, size, version=GENERATOR_VERSION):
     """Colour gradient + smooth noise + pixel noise, then a few small flat distractors.
 
-    Version 1 uses any colour; version 2 keeps to greyish colours (saturation below
-    ``BACKGROUND_MAX_SATURATION``) and lets the noise vary brightness, not hue, so the background never
+    Version 1 uses any colour; versions 2 and 3 keep to greyish colours (saturation below
+    ``BACKGROUND_MAX_SATURATION``) and let the noise vary brightness, not hue, so the background never
     shows the saturated colours that are the bodies' class evidence.
     """
     xx, yy = _grid(size)
@@ -264,8 +274,8 @@ def object_masks(geometry, size):
 
 
 def sample_geometry_v2(rng, size, semi_axes):
-    """Version 2: an elongated body with the part at one end of its long axis (like a head on a torso), so
-    the body reaches far from the part and a map that covers only the part is plain to see."""
+    """Versions 2 and 3: an elongated body with the part at one end of its long axis (like a head on a
+    torso), so the body reaches far from the part and a map that covers only the part is plain to see."""
     scale = size / V2_REFERENCE_SIZE
     a, b = (float(rng.uniform(*axis_range)) * scale for axis_range in semi_axes)
     wobble = tuple(float(x) for x in rng.uniform(0, WOBBLE_MAX, size=2))
@@ -299,7 +309,7 @@ def place_objects(rng, size, count, version=GENERATOR_VERSION):
         semi_axes = SEMI_AXIS_SINGLE if count == 1 else SEMI_AXIS_MULTI
         sample = sample_geometry
     else:
-        semi_axes = V2_SEMI_AXES_SINGLE if count == 1 else V2_SEMI_AXES_MULTI
+        semi_axes = SEMI_AXES[version]["single" if count == 1 else "multi"]
         sample = sample_geometry_v2
     placed = []
     union = np.zeros((size, size), bool)
@@ -327,18 +337,19 @@ def _fits(body, union, parts, placed):
 # Objects: appearance
 
 
-def body_hue_window(class_id):
-    """Version 2: the (low, high) hue range of a class's bodies (may wrap around 1)."""
+def body_hue_window(class_id, version=GENERATOR_VERSION):
+    """Versions 2 and 3: the (low, high) hue range of a class's bodies (may wrap around 1)."""
     centre = DEMO_CLASSES.index(class_id) / len(DEMO_CLASSES)
-    return centre - BODY_HUE_HALF_WIDTH, centre + BODY_HUE_HALF_WIDTH
+    return centre - BODY_HUE_HALF_WIDTH[version], centre + BODY_HUE_HALF_WIDTH[version]
 
 
 def body_colour(rng, class_id, version=GENERATOR_VERSION):
-    """Version 1: one brownish distribution for every class. Version 2: a saturated colour whose hue comes
-    from the class's window, which overlaps its neighbours' (weak, class-correlated evidence)."""
+    """Version 1: one brownish distribution for every class. Versions 2 and 3: a saturated colour whose hue
+    comes from the class's window, which overlaps its neighbours' (weaker, class-correlated evidence)."""
     if version == 1:
         return _hsv(rng.uniform(0.03, 0.12), rng.uniform(0.2, 0.55), rng.uniform(0.45, 0.8))
-    return _hsv(rng.uniform(*body_hue_window(class_id)), rng.uniform(*BODY_SATURATION), rng.uniform(*BODY_VALUE))
+    hue = rng.uniform(*body_hue_window(class_id, version))
+    return _hsv(hue, rng.uniform(*BODY_SATURATION), rng.uniform(*BODY_VALUE))
 
 
 def paint_body(rng, image, body, radius, colour):
@@ -436,7 +447,7 @@ def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, dra
     placed = place_objects(rng, size, count, version)
     classes = classes[: len(placed)]  # objects that found no room are dropped
     if version == 1 and set(draw) != {"body", "part"}:
-        raise ValueError("leaving out a region's evidence needs generator version 2")
+        raise ValueError("leaving out a region's evidence needs generator version 2 or later")
     for class_id, (geometry, body, part, radius) in zip(classes, placed, strict=True):
         colour = body_colour(rng, class_id, version)
         part_rng = rng
@@ -513,7 +524,7 @@ def _check_params(params):
     if params["version"] not in VERSIONS:
         raise ValueError(f"generator version must be one of {VERSIONS}, got {params['version']}")
     if params["size"] < MIN_SIZE:
-        raise ValueError(f"size must be >= {MIN_SIZE} px (objects are 40-90 px long), got {params['size']}")
+        raise ValueError(f"size must be >= {MIN_SIZE} px (the objects must fit in it), got {params['size']}")
     if params["num_train_aug"] < 1 or params["num_val"] < 1:
         raise ValueError("num_train_aug and num_val must be >= 1")
     if not 1 <= params["num_train"] <= params["num_train_aug"]:
@@ -616,7 +627,7 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
         "class_ids": list(DEMO_CLASSES),
         "class_names": [CLASS_NAMES[c] for c in DEMO_CLASSES],
         "part_patterns": {CLASS_NAMES[c]: PART_STYLES[c][0] for c in DEMO_CLASSES},
-        "body_hue_windows": ({CLASS_NAMES[c]: [round(h, 4) for h in body_hue_window(c)] for c in DEMO_CLASSES}
+        "body_hue_windows": ({CLASS_NAMES[c]: [round(h, 4) for h in body_hue_window(c, version)] for c in DEMO_CLASSES}
                              if version > 1 else None),
         "images_per_class": images_per_class,
         "part_values": {"background": 0, "body": BODY, "part": PART},
@@ -636,8 +647,9 @@ def main(argv=None):
                         help=f"square image side in px (>= {MIN_SIZE}; default {DEFAULT_SIZE[GENERATOR_VERSION]}, "
                              f"version 1: {DEFAULT_SIZE[1]})")
     parser.add_argument("--version", type=int, default=GENERATOR_VERSION, choices=VERSIONS,
-                        help="2: bodies carry weak, overlapping class evidence (default); 1: the first demo, whose "
-                             "bodies carry none (kept for the record, docs/demo.md)")
+                        help="3: large bodies with weaker, overlapping class evidence than their part (default); "
+                             "2: the same with thinner bodies and weaker body evidence; 1: the first demo, whose "
+                             "bodies carry none (2 and 1 kept for the record, docs/demo.md)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
     args = parser.parse_args(argv)
     if args.size is None:

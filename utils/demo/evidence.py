@@ -1,6 +1,6 @@
 """How much class evidence each region of a demo object carries: the demo's evidence gradient, measured.
 
-The demo data (:mod:`utils.demo.data`, version 2) is built so that an object's small part names its class
+The demo data (:mod:`utils.demo.data`, version 3) is built so that an object's small part names its class
 for certain while its large body only hints at it (a body hue shared with the neighbouring classes), and the
 background says nothing. This module checks that claim instead of asserting it: it renders single-object
 images twice, once with the part's evidence only (a class-free body colour) and once with the body's only
