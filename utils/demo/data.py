@@ -101,8 +101,8 @@ SEMI_AXES = {
 }
 # Body hue: class i's window is centred at i/6 and reaches this far to each side. Version 2: 0.22 (1.3 class
 # spacings, every hue shared by two or three classes; the probe names a body 38-42 % of the time). Version 3:
-# 0.15 (0.9 spacings, one or two classes; 53 %), the middle of the 40-70 % that a body-only classifier of
-# real photographs plausibly reaches. Chance is 1/6 in both.
+# 0.15 (0.9 spacings, one or two classes; 53 %), the middle of the range the demo aims at (well above chance,
+# well below the part: 40-70 %). Chance is 1/6 in both.
 BODY_HUE_HALF_WIDTH = {2: 0.22, 3: 0.15}
 BODY_SATURATION = (0.5, 0.85)
 BODY_VALUE = (0.5, 0.85)
