@@ -6,7 +6,8 @@ From stored maps (uint8 ``<id>.npy``, as make_localization_maps.py writes them):
         --out results/maps
 
 or straight from a classifier checkpoint (maps computed at the original image size, as test_cls.py did; this
-also reports the classification mAP), or from a refinement net (``--stage refine``, as test_refine.py did)::
+also reports the classification mAP and, for a DRS classifier, how hard each DRS layer suppresses), or from
+a refinement net (``--stage refine``, as test_refine.py did)::
 
     python evaluate_maps.py --voc-root VOC2012 --list ... --checkpoint best.pth --out results/maps
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from models.drs import SuppressionMonitor
 from utils import checkpoints, cli, voc
 from utils.distributed import inference_device
 from utils.io import atomic_write, progress, save_json
@@ -67,6 +69,7 @@ def evaluate(args):
         else:
             model, _ = checkpoints.load_refiner(args.checkpoint, map_location=device)
         model.eval()
+    suppression = SuppressionMonitor(model) if model is not None else None
     for batch in progress(loader, desc="evaluating maps", unit="image"):
         image_id, size = batch["id"][0], batch["size"][0]
         classes = batch["classes"]
@@ -77,7 +80,7 @@ def evaluate(args):
                                    args.scales)[0].cpu()
         else:
             images = batch["image"].to(device)
-            with torch.no_grad():
+            with torch.no_grad(), suppression:
                 logits.append(model(images).cpu())
                 maps = multiscale_cam(model, images, classes.to(device), args.scales, size=size)[0].cpu()
             targets.append(classes)
@@ -89,6 +92,8 @@ def evaluate(args):
     if logits:
         per_class, mean_ap = average_precision(torch.cat(logits).numpy(), torch.cat(targets).numpy())
         results["classification"] = {"mAP": mean_ap, "class_AP": per_class}
+    if suppression is not None and suppression.layers:
+        results["suppression"] = suppression.results()
     return results
 
 
@@ -114,6 +119,12 @@ def write_report(results, out_dir, name):
             right = r["drs_correct"]
             lines += [f"Labelled right (DRS protocol): part {100 * right['part']:.1f} %, body "
                       f"{100 * right['body']:.1f} %, background {100 * right['background']:.1f} %", ""]
+    if "suppression" in results:
+        lines += ["DRS suppression at the test size (g: the learned gate or the fixed delta, mean over images and "
+                  "channels; clipped: share of positive activations above g times their channel's peak):", "",
+                  "| layer | g | clipped |", "|---|---|---|"]
+        lines += [f"| {s['layer']} | {s['ratio']:.3f} | {100 * s['clipped']:.1f} % |" for s in results["suppression"]]
+        lines += [""]
     atomic_write(out_dir / "scores.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))
 
 

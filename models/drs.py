@@ -178,3 +178,41 @@ def make_activation(channels, drs):
     if drs == "learnable" or drs == 0:
         return LearnableDRS(channels, inplace=True)
     return FixedDRS(float(drs), inplace=True)
+
+
+class SuppressionMonitor:
+    """Measures, per DRS layer of ``model``, how hard it suppresses: the mean ratio ``g`` (the learned gate or
+    the fixed delta, over images and channels) and the share of positive activations above ``g`` times their
+    channel's peak, i.e. clipped. Use as a context manager around forward passes; ``results()`` lists the
+    layers in network order. Reads each layer's input before the (in-place) layer runs."""
+
+    def __init__(self, model):
+        self.layers = [(name, m) for name, m in model.named_modules() if isinstance(m, (LearnableDRS, FixedDRS))]
+        self.sums = {name: [0.0, 0, 0, 0] for name, _ in self.layers}  # ratio sum, ratio count, clipped, positive
+        self.handles = []
+
+    def _record(self, name, module, x):
+        with torch.no_grad():
+            r = x.detach().relu()
+            peak = r.amax(dim=(2, 3), keepdim=True)
+            ratio = module.gate(r) if isinstance(module, LearnableDRS) else torch.full_like(peak, module.delta)
+            total = self.sums[name]
+            total[0] += float(ratio.sum())
+            total[1] += ratio.numel()
+            total[2] += int((r > ratio * peak).sum())
+            total[3] += int((r > 0).sum())
+
+    def __enter__(self):
+        for name, module in self.layers:
+            hook = lambda m, inputs, name=name: self._record(name, m, inputs[0])
+            self.handles.append(module.register_forward_pre_hook(hook))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def results(self):
+        return [{"layer": name, "ratio": ratio / max(count, 1), "clipped": clipped / max(positive, 1)}
+                for name, (ratio, count, clipped, positive) in self.sums.items()]

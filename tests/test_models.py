@@ -11,7 +11,7 @@ import torch
 
 from models import drs_kernel
 from models.classifier import DRSClassifier
-from models.drs import FixedDRS, LearnableDRS, drs_fused, drs_reference
+from models.drs import FixedDRS, LearnableDRS, SuppressionMonitor, drs_fused, drs_reference
 from models.vgg import fold_batch_norm
 from tests.conftest import PARITY
 from utils import checkpoints
@@ -249,3 +249,29 @@ def test_batch_norm_backbone_folds_into_the_plain_one():
     torch.testing.assert_close(plain.class_maps(x), bn_model.class_maps(x), rtol=1e-4, atol=1e-4)
     convs = bn_model.backbone.convs()
     assert len(convs) == 13 and all(isinstance(c, torch.nn.Conv2d) for c in convs)
+
+
+def test_suppression_monitor_reads_each_layer_before_it_clips_in_place():
+    # one channel: relu gives 0, 1, 2, 4; the peak is 4, so delta 0.5 clips only the 4 (one of three positives)
+    x = torch.tensor([-1.0, 1.0, 2.0, 4.0]).reshape(1, 1, 2, 2)
+    net = torch.nn.Sequential(FixedDRS(0.5, inplace=True), FixedDRS(0.9, inplace=True))
+    with SuppressionMonitor(net) as monitor:
+        net(x.clone())
+    first, second = monitor.results()
+    assert (first["layer"], first["ratio"], first["clipped"]) == ("0", 0.5, pytest.approx(1 / 3))
+    # the second layer sees 0, 1, 2, 2: peak 2, threshold 1.8, two of three positives above it
+    assert (second["ratio"], second["clipped"]) == (pytest.approx(0.9), pytest.approx(2 / 3))
+
+    learnable = LearnableDRS(3)
+    torch.nn.init.normal_(learnable.fc[0].weight, std=2.0)
+    y = torch.randn(2, 3, 5, 5)
+    with SuppressionMonitor(learnable) as monitor:
+        learnable(y)
+    r = y.relu()
+    gate = learnable.gate(r).detach()
+    (stats,) = monitor.results()
+    assert stats["ratio"] == pytest.approx(float(gate.mean()))
+    expected = (r > gate * r.amax(dim=(2, 3), keepdim=True)).sum() / (r > 0).sum()
+    assert stats["clipped"] == pytest.approx(float(expected))
+    learnable(y)  # hooks are gone after the block: nothing more is counted
+    assert monitor.results() == [stats]
