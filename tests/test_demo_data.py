@@ -258,3 +258,33 @@ def test_class_plan_is_balanced():
     plan = demo_data.class_plan(seed=0, split_key=0, count=60)
     assert sorted(plan) == sorted(list(DEMO_CLASSES) * 10)
     assert demo_data.class_plan(seed=0, split_key=0, count=12) == plan[:12]
+
+
+def _overlaps_window(hue_bin, window):
+    """Does hue bin ``hue_bin`` (of 12) share hues with ``window`` (low, high; may reach below 0 or above 1)?"""
+    low, high = window
+    return any(low < (hue_bin + 1) / 12 + shift and hue_bin / 12 + shift < high for shift in (-1, 0, 1))
+
+
+def test_hue_labels_name_each_body_colour_in_the_lists_only(tmp_path):
+    plain_root, hue_root = tmp_path / "plain", tmp_path / "hue"
+    generate(plain_root, seed=0, **TINY)
+    meta = generate(hue_root, seed=0, hue_labels=True, **TINY)
+    assert meta["params"]["hue_labels"] is True
+    assert set(demo_data.HUE_LABEL_IDS).isdisjoint(DEMO_CLASSES) and len(demo_data.HUE_LABEL_IDS) == 12
+    hue_files, plain_files = _files(hue_root), _files(plain_root)
+    assert {k: v for k, v in hue_files.items() if k.parts[0] != LIST_DIR and k.name != "demo_meta.json"} == {
+        k: v for k, v in plain_files.items() if k.parts[0] != LIST_DIR and k.name != "demo_meta.json"}
+    for name in ("train_aug_cls", "train_cls", "val_cls"):
+        plain = dict(read_list(plain_root / LIST_DIR / f"{name}.txt"))
+        extended = dict(read_list(hue_root / LIST_DIR / f"{name}.txt"))
+        assert plain.keys() == extended.keys()
+        for image_id, classes in extended.items():
+            assert [c for c in classes if c in DEMO_CLASSES] == plain[image_id]
+            bins = [demo_data.HUE_LABEL_IDS.index(c) for c in classes if c not in DEMO_CLASSES]
+            assert 1 <= len(bins) <= 3 and len(bins) + len(plain[image_id]) == len(classes)
+            if len(plain[image_id]) == 1:  # one class: each of its bodies' bins touches its hue window
+                window = demo_data.body_hue_window(plain[image_id][0])
+                assert all(_overlaps_window(b, window) for b in bins)
+    with pytest.raises(ValueError, match="version 2 or later"):
+        generate(tmp_path / "v1", num_train_aug=2, num_train=1, num_val=1, version=1, hue_labels=True)

@@ -57,6 +57,8 @@ from utils.voc import (
     SPLIT_DIR,
     DataError,
     derive_cls_lists,
+    read_list,
+    write_cls_list,
 )
 
 GENERATOR_VERSION = 3  # the default; versions 1 and 2 stay behind --version for the record (docs/demo.md)
@@ -110,6 +112,10 @@ BODY_VALUE = (0.5, 0.85)
 # never shows a body's colour evidence (as sky, road or grass rarely look like fur or paint).
 BACKGROUND_MAX_SATURATION = 0.15
 MISSED_OBJECT_PROB = 0.10
+# --hue-labels (a richer pretext for the stand-in's pre-training set, docs/demo.md): each body's hue in one of
+# 12 bins, named by one of the VOC ids (0-based) the six demo classes leave free.
+HUE_BINS = 12
+HUE_LABEL_IDS = tuple(c for c in range(20) if c not in DEMO_CLASSES)[:HUE_BINS]
 FALSE_BLOB_PROB = 0.10
 
 
@@ -448,8 +454,11 @@ def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, dra
     classes = classes[: len(placed)]  # objects that found no room are dropped
     if version == 1 and set(draw) != {"body", "part"}:
         raise ValueError("leaving out a region's evidence needs generator version 2 or later")
+    hue_labels = set()
     for class_id, (geometry, body, part, radius) in zip(classes, placed, strict=True):
         colour = body_colour(rng, class_id, version)
+        hue = colorsys.rgb_to_hsv(*(colour / 255.0))[0]
+        hue_labels.add(HUE_LABEL_IDS[int(hue * HUE_BINS) % HUE_BINS])
         part_rng = rng
         if version > 1:  # separate streams, so leaving a region out changes no other draw
             body_seed, part_seed = (int(x) for x in rng.integers(2**32, size=2))
@@ -471,6 +480,7 @@ def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, dra
         "parts": parts,
         "saliency": saliency,
         "classes": classes,
+        "hue_labels": sorted(hue_labels),
     }
 
 
@@ -515,14 +525,19 @@ demo_meta.json                    generator version, seed, counts, image size an
 """
 
 
-def _params(seed, num_train_aug, num_train, num_val, size, version=GENERATOR_VERSION):
-    return {"version": version, "seed": seed, "num_train_aug": num_train_aug, "num_train": num_train,
-            "num_val": num_val, "size": size}
+def _params(seed, num_train_aug, num_train, num_val, size, version=GENERATOR_VERSION, hue_labels=False):
+    params = {"version": version, "seed": seed, "num_train_aug": num_train_aug, "num_train": num_train,
+              "num_val": num_val, "size": size}
+    if hue_labels:  # only when set, so datasets made before the option still match
+        params["hue_labels"] = True
+    return params
 
 
 def _check_params(params):
     if params["version"] not in VERSIONS:
         raise ValueError(f"generator version must be one of {VERSIONS}, got {params['version']}")
+    if params.get("hue_labels") and params["version"] == 1:
+        raise ValueError("hue labels need generator version 2 or later (version 1's bodies share one colour)")
     if params["size"] < MIN_SIZE:
         raise ValueError(f"size must be >= {MIN_SIZE} px (the objects must fit in it), got {params['size']}")
     if params["num_train_aug"] < 1 or params["num_val"] < 1:
@@ -584,15 +599,17 @@ def _write_id_list(path, ids):
 
 
 def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, size=None, force=False,
-             version=GENERATOR_VERSION):
+             version=GENERATOR_VERSION, hue_labels=False):
     """Write the demo dataset into ``out_dir`` and return its meta (also saved as ``demo_meta.json``).
 
     ``size`` defaults to the version's image side (``DEFAULT_SIZE``). A folder that already holds a complete
-    dataset with the same parameters is left as it is, unless ``force``.
+    dataset with the same parameters is left as it is, unless ``force``. ``hue_labels`` adds each body's hue
+    bin (``HUE_LABEL_IDS``) to the image-level lists: a pretext for a stand-in pre-training set, not for the
+    demo's own data (the images are the same either way).
     """
     out_dir = Path(out_dir)
     size = DEFAULT_SIZE.get(version, 0) if size is None else size
-    params = _params(seed, num_train_aug, num_train, num_val, size, version)
+    params = _params(seed, num_train_aug, num_train, num_val, size, version, hue_labels)
     _check_params(params)
     if not force and (meta := complete_meta(out_dir, params)) is not None:
         return meta
@@ -601,7 +618,7 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
     splits = _split_ids(params)
     _remove_stale(out_dir, splits["train_aug"] + splits["val"])
 
-    images_per_class = {}
+    images_per_class, extra_labels = {}, {}
     index = 0
     for split_key, split in enumerate(("train_aug", "val")):
         counts = {c: 0 for c in DEMO_CLASSES}
@@ -610,13 +627,17 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
             index += 1
             sample = render_sample(seed, index, first_class, size, version)
             write_sample(out_dir, image_id, sample)
+            extra_labels[image_id] = sample["hue_labels"]
             for class_id in set(sample["classes"]):
                 counts[class_id] += 1
         images_per_class[split] = {CLASS_NAMES[c]: n for c, n in counts.items()}
 
     for name, ids in splits.items():
         _write_id_list(out_dir / SPLIT_DIR / f"{name}.txt", ids)
-    derive_cls_lists(out_dir)
+    lists = derive_cls_lists(out_dir)
+    if hue_labels:
+        for path in lists.values():
+            write_cls_list(path, [(i, classes + extra_labels[i]) for i, classes in read_list(path)])
     atomic_write(out_dir / README_NAME, lambda tmp: Path(tmp).write_text(README_TEXT))
     meta = {
         "generator": "utils.demo.data",
@@ -650,18 +671,22 @@ def main(argv=None):
                         help="3: large bodies with weaker, overlapping class evidence than their part (default); "
                              "2: the same with thinner bodies and weaker body evidence; 1: the first demo, whose "
                              "bodies carry none (2 and 1 kept for the record, docs/demo.md)")
+    parser.add_argument("--hue-labels", action="store_true",
+                        help="add each body's hue bin (12 bins, as VOC ids the demo classes leave free) to the "
+                             "image-level lists: a richer pretext for a stand-in pre-training set (docs/demo.md)")
     parser.add_argument("--force", action="store_true", help="regenerate even if a matching dataset exists")
     args = parser.parse_args(argv)
     if args.size is None:
         args.size = DEFAULT_SIZE[args.version]
-    params = _params(args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, args.version)
+    params = _params(args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, args.version,
+                     args.hue_labels)
     if not args.force and complete_meta(args.out, params) is not None:
         print(f"demo data: {args.out} already holds this dataset (seed {args.seed}); skipped (--force regenerates)")
         return
     start = time.perf_counter()
     try:
         meta = generate(args.out, args.seed, args.num_train_aug, args.num_train, args.num_val, args.size, force=True,
-                        version=args.version)
+                        version=args.version, hue_labels=args.hue_labels)
     except (ValueError, DataError) as error:
         parser.error(str(error))
     counts = meta["counts"]
