@@ -158,6 +158,10 @@ class FixedDRS(nn.Module):
         self.delta = float(delta)
         self.fused, self.inplace = fused, inplace
 
+    def gate(self, x):
+        """The suppression ratio as :meth:`LearnableDRS.gate` gives it: ``delta`` for every image and channel."""
+        return x.new_full((x.shape[0], x.shape[1], 1, 1), self.delta)
+
     def forward(self, x):
         if not self.fused:
             return drs_reference(x, delta=self.delta)
@@ -195,7 +199,7 @@ class SuppressionMonitor:
         with torch.no_grad():
             r = x.detach().relu()
             peak = r.amax(dim=(2, 3), keepdim=True)
-            ratio = module.gate(r) if isinstance(module, LearnableDRS) else torch.full_like(peak, module.delta)
+            ratio = module.gate(r)
             total = self.sums[name]
             total[0] += float(ratio.sum())
             total[1] += ratio.numel()

@@ -53,6 +53,7 @@ from utils.voc import (
     IGNORE_LABEL,
     IMAGE_DIR,
     LIST_DIR,
+    NUM_CLASSES,
     SALIENCY_DIR,
     SPLIT_DIR,
     DataError,
@@ -115,7 +116,7 @@ MISSED_OBJECT_PROB = 0.10
 # --hue-labels (a richer pretext for the stand-in's pre-training set, docs/demo.md): each body's hue in one of
 # 12 bins, named by one of the VOC ids (0-based) the six demo classes leave free.
 HUE_BINS = 12
-HUE_LABEL_IDS = tuple(c for c in range(20) if c not in DEMO_CLASSES)[:HUE_BINS]
+HUE_LABEL_IDS = tuple(c for c in range(NUM_CLASSES) if c not in DEMO_CLASSES)[:HUE_BINS]
 FALSE_BLOB_PROB = 0.10
 
 
