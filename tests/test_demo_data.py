@@ -65,7 +65,7 @@ def test_layout_and_splits(tiny):
     assert "synthetic" in (root / "README.txt").read_text().lower()
     assert json.loads((root / "demo_meta.json").read_text()) == meta
     assert meta["counts"] == {"train_aug": 8, "train": 3, "val": 4}
-    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 160 and meta["params"]["version"] == 3
+    assert meta["class_ids"] == list(DEMO_CLASSES) and meta["size"] == 160 and meta["params"]["version"] == 4
     assert meta["class_names"] == ["aeroplane", "bird", "car", "cat", "dog", "person"]
 
 
@@ -116,10 +116,10 @@ def test_ignore_band_is_a_thin_object_outline(tiny):
         assert touches_other[band].all()
 
 
-def test_objects_are_long_and_parts_small_at_one_end(tiny):
-    root, _ = tiny
-    for image_id in ALL_IDS:
-        parts = _array(root / PART_DIR / f"{image_id}.png")
+def test_objects_are_long_and_parts_small_at_one_end():
+    # whole objects (the frame cuts some in version 4: test_version_4_cuts_some_objects_by_the_frame)
+    for index in range(1, 13):
+        parts = demo_data.render_sample(0, index, DEMO_CLASSES[index % 6], 160, whole_objects=True)["parts"]
         part_fraction = (parts == PART).sum() / (parts > 0).sum()
         assert 0.04 < part_fraction < 0.2
         # The part sits at one end: some body pixel lies 6 cells of a stride-8 map away from every part.
@@ -187,6 +187,35 @@ def test_version_2_is_kept_with_thinner_bodies_and_wider_hue_windows(tmp_path):
     assert all(1.7 < v3 / v2 < 2.6 for v2, v3 in zip(objects[2], objects[3], strict=True))
 
 
+def _frame(array):
+    return np.concatenate([array[0], array[-1], array[1:-1, 0], array[1:-1, -1]])
+
+
+def test_version_4_cuts_some_objects_by_the_frame(tmp_path):
+    meta = generate(tmp_path, seed=0, num_train_aug=6, num_train=1, num_val=1, version=4)
+    assert meta["params"]["version"] == 4 and meta["size"] == 160 and meta["cut_by_frame"]["probability"] == 0.4
+    assert meta["body_hue_windows"] == generate(tmp_path / "v3", seed=0, num_train_aug=6, num_train=1,
+                                                num_val=1)["body_hue_windows"]
+    cut, partless, object_frame, ignored_frame = 0, 0, 0, 0
+    for index in range(1, 61):
+        sample = demo_data.render_sample(0, index, DEMO_CLASSES[index % 6], 160, version=4)
+        whole = demo_data.render_sample(0, index, DEMO_CLASSES[index % 6], 160, version=4, whole_objects=True)
+        three = demo_data.render_sample(0, index, DEMO_CLASSES[index % 6], 160, version=3)
+        assert not _frame(whole["parts"]).any() and not _frame(three["parts"]).any()
+        frame_labels = _frame(sample["label"])
+        cut += bool(frame_labels.any())
+        object_frame += int((frame_labels > 0).sum())
+        ignored_frame += int((frame_labels == IGNORE_LABEL).sum())
+        partless += sum(not ((sample["label"] == c + 1) & (sample["parts"] == PART)).any()
+                        for c in set(sample["classes"]))
+        for c in set(sample["classes"]):  # whatever the frame cuts, some of every named object is in view
+            assert (sample["label"] == c + 1).sum() > 400
+    # about 4 in 10 objects are cut (TRUNCATED_PROB), some lose their part; the frame is no outline, so an
+    # object's pixels on it are labelled, not ignored (only where its outline crosses the frame)
+    assert 12 <= cut <= 40 and 2 <= partless <= 20
+    assert ignored_frame < 0.05 * object_frame
+
+
 def test_version_1_is_kept(tmp_path):
     meta = generate(tmp_path, seed=0, num_train_aug=2, num_train=1, num_val=1, version=1)
     assert meta["params"]["version"] == 1 and meta["size"] == 112 and meta["body_hue_windows"] is None
@@ -251,7 +280,7 @@ def test_refuses_foreign_folders_and_bad_parameters(tmp_path):
     with pytest.raises(ValueError, match="size"):
         generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, size=64)
     with pytest.raises(ValueError, match="version"):
-        generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, version=4)
+        generate(tmp_path / "new", num_train_aug=2, num_train=1, num_val=1, version=5)
 
 
 def test_class_plan_is_balanced():

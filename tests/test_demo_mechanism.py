@@ -1,6 +1,6 @@
 """The demo's mechanism, measured end to end with the demo recipe (the slowest test: several CPU minutes).
 
-On the synthetic data (generator version 3), a plain classifier's CAM must sit more on the discriminative part
+On the synthetic data (generator version 4), a plain classifier's CAM must sit more on the discriminative part
 than on the body, and the learnable DRS must train, move its maps towards the body (a higher body/part ratio,
 the map rising more on the body than on the background) and give better labels with the paper's protocol
 (α and saliency). How large the gain is, over three seeds and with the saliency-free CAM protocol too, is
@@ -37,12 +37,12 @@ def test_drs_moves_cams_from_parts_to_bodies(tmp_path):
         results[variant] = region_scores(demo_root, tmp_path / variant / "last.pth", tmp_path / f"eval_{variant}")
     plain, drs = results["relu"], results["learnable"]
     # both classifiers work (the ratios below are not those of flat, untrained maps; an untrained one is near 0.3).
-    # The trained values move with the machine's float rounding (measured: 0.96 / 0.95 on version 3).
+    # The trained values move with the machine's float rounding (measured: 0.90 / 0.91 on version 4).
     assert plain["classification"]["mAP"] > 0.8 and drs["classification"]["mAP"] > 0.8
     assert plain["regions"]["part"] > plain["regions"]["body"]
     assert drs["regions"]["body_part_ratio"] > plain["regions"]["body_part_ratio"]
     assert drs["regions"]["background"] < 0.5 * drs["regions"]["part"]  # spread, not flat
     body_gain = drs["regions"]["body"] - plain["regions"]["body"]
     assert body_gain > drs["regions"]["background"] - plain["regions"]["background"]
-    # measured 65.9 vs 63.0 (seeds 1 and 2 of run.sh: +2.8, +2.4)
+    # measured 66.5 vs 64.1 (seeds 1-4 of run.sh: +5.3, -0.1, +2.5, +5.7)
     assert drs["drs_protocol"]["mean_iou"] > plain["drs_protocol"]["mean_iou"]

@@ -3,7 +3,7 @@
 Design: the dataset is built to have the problem DRS addresses. A classifier trained on image-level labels
 leans on the most discriminative evidence, so its class activation maps cover small object parts, while the
 rest of an object carries weaker evidence that a classifier pushed off the part (DRS) can still use. Here
-every object (version 3, the default) is
+every object (version 4, the default) is
 
 * a LARGE, elongated body: a wobbly, mottled ellipse about 116 x 54 px in a 160 px image (15 x 7 cells of a
   stride-8 feature map; objects cover about a fifth of the pixels) whose colour is a saturated hue drawn from
@@ -13,6 +13,9 @@ every object (version 3, the default) is
   with a class-specific colour AND pattern (stripes, checker, dots, rings, cross, triangle), which names the
   class for certain.
 
+As in photographs, the frame cuts some objects (4 in 10): part of the body is out of view, and sometimes the
+part with it, so a classifier meets objects that only their body can name.
+
 The segmentation ground truth is the whole object (body + part), and ``PartMasks/`` records which pixels
 are body and which are part, so an evaluation can measure where activation maps sit.
 
@@ -21,11 +24,11 @@ shapes and strokes, all below the bodies' saturation, so the body's hue is never
 Saliency maps imitate an off-the-shelf salient-object detector: blurred, noisy object masks, with an object
 occasionally missed and a false salient blob now and then.
 
-Versions 1 and 2 are kept for the record (docs/demo.md). Version 2: the same design with thinner bodies
-(about 86 x 32 px, 11 x 4 cells, narrower than the plain CAM's blob around the part) and wider hue windows
-(the probe: 38-42 %). Version 1 (112 px): round bodies whose colour is the same for every class, a part
-anywhere inside, colourful backgrounds; with no evidence on the body, suppression could only spread maps
-everywhere.
+Versions 1-3 are kept for the record (docs/demo.md). Version 3: version 4 with every object whole. Version
+2: the same with thinner bodies (about 86 x 32 px, 11 x 4 cells, narrower than the plain CAM's blob around the
+part) and wider hue windows (the probe: 38-42 %). Version 1 (112 px): round bodies whose colour is the same
+for every class, a part anywhere inside, colourful backgrounds; with no evidence on the body, suppression could
+only spread maps everywhere.
 
 Determinism: image ``k`` is rendered from its own seed sequence ``(seed, k)`` and the class of its first
 object comes from a balanced plan drawn in blocks, so a file depends only on the seed, its index and the
@@ -62,9 +65,9 @@ from utils.voc import (
     write_cls_list,
 )
 
-GENERATOR_VERSION = 3  # the default; versions 1 and 2 stay behind --version for the record (docs/demo.md)
-VERSIONS = (1, 2, 3)
-DEFAULT_SIZE = {1: 112, 2: 160, 3: 160}
+GENERATOR_VERSION = 4  # the default; versions 1-3 stay behind --version for the record (docs/demo.md)
+VERSIONS = (1, 2, 3, 4)
+DEFAULT_SIZE = {1: 112, 2: 160, 3: 160, 4: 160}
 DEMO_CLASSES = (0, 2, 6, 7, 11, 14)  # 0-based VOC ids: aeroplane, bird, car, cat, dog, person
 PART_DIR = "PartMasks"
 BODY, PART = 1, 2
@@ -102,11 +105,18 @@ SEMI_AXES = {
     2: {"single": ((38.0, 48.0), (14.0, 18.0)), "multi": ((30.0, 38.0), (12.0, 15.0))},
     3: {"single": ((52.0, 64.0), (24.0, 30.0)), "multi": ((40.0, 48.0), (18.0, 22.0))},
 }
+SEMI_AXES[4] = SEMI_AXES[3]
 # Body hue: class i's window is centred at i/6 and reaches this far to each side. Version 2: 0.22 (1.3 class
 # spacings, every hue shared by two or three classes; the probe names a body 38-42 % of the time). Version 3:
 # 0.15 (0.9 spacings, one or two classes; 53 %), the middle of the range the demo aims at (well above chance,
 # well below the part: 40-70 %). Chance is 1/6 in both.
-BODY_HUE_HALF_WIDTH = {2: 0.22, 3: 0.15}
+BODY_HUE_HALF_WIDTH = {2: 0.22, 3: 0.15, 4: 0.15}
+# Version 4: version 3's objects, some cut by the image frame, as photographs cut many objects (VOC marks them
+# 'truncated'): with this probability an object is placed so that only part of its body is in view, and its
+# part may be out of view. Versions 1-3 keep every object whole.
+TRUNCATED_PROB = 0.4
+TRUNCATED_VISIBLE = (0.4, 0.85)  # the share of a cut object's body area left in view
+TRUNCATION_TRIES = 100
 BODY_SATURATION = (0.5, 0.85)
 BODY_VALUE = (0.5, 0.85)
 # Backgrounds and distractors stay below this saturation, bodies above BODY_SATURATION[0]: the background
@@ -166,7 +176,9 @@ def _hsv(h, s, v):
 def _inner_edge(mask):
     """The 1-px band of ``mask`` pixels that touch a pixel outside it (4-connectivity)."""
     kernel = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    eroded = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    # Outside the image counts as object: a body cut by the frame gets no ignore band along the frame (as in
+    # VOC). Versions 1-3 never touch the frame, so their bands are unchanged.
+    eroded = cv2.erode(mask.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1)
     return mask & ~eroded.astype(bool)
 
 
@@ -280,14 +292,18 @@ def object_masks(geometry, size):
     return body, part, radius
 
 
-def sample_geometry_v2(rng, size, semi_axes):
-    """Versions 2 and 3: an elongated body with the part at one end of its long axis (like a head on a
-    torso), so the body reaches far from the part and a map that covers only the part is plain to see."""
+def sample_geometry_v2(rng, size, semi_axes, truncated=False):
+    """Versions 2-4: an elongated body with the part at one end of its long axis (like a head on a
+    torso), so the body reaches far from the part and a map that covers only the part is plain to see.
+
+    The body lies inside the image, unless ``truncated``: then its centre may lie anywhere up to its short
+    semi-axis outside the frame (the caller checks how much stays in view)."""
     scale = size / V2_REFERENCE_SIZE
     a, b = (float(rng.uniform(*axis_range)) * scale for axis_range in semi_axes)
     wobble = tuple(float(x) for x in rng.uniform(0, WOBBLE_MAX, size=2))
     reach = a * (1 + 2 * WOBBLE_MAX)
-    centre = rng.uniform(reach + 1, size - reach - 2, size=2)
+    low, high = (-b, size + b) if truncated else (reach + 1, size - reach - 2)
+    centre = rng.uniform(low, high, size=2)
     angle = float(rng.uniform(0, 2 * np.pi))
     part_radius = float(np.sqrt(rng.uniform(*PART_AREA_FRACTION) * a * b))
     # The disc sits as far out as the body's guaranteed (smallest) outline keeps it inside.
@@ -307,10 +323,11 @@ def sample_geometry_v2(rng, size, semi_axes):
     }
 
 
-def place_objects(rng, size, count, version=GENERATOR_VERSION):
+def place_objects(rng, size, count, version=GENERATOR_VERSION, whole_objects=False):
     """Up to ``count`` objects that overlap little and never hide an earlier object's part.
 
-    The first object is always placed; a later one that finds no room after a few tries is dropped.
+    The first object is always placed; a later one that finds no room after a few tries is dropped. Version 4
+    cuts some objects by the frame (``TRUNCATED_PROB``), unless ``whole_objects``.
     """
     if version == 1:
         semi_axes = SEMI_AXIS_SINGLE if count == 1 else SEMI_AXIS_MULTI
@@ -322,15 +339,33 @@ def place_objects(rng, size, count, version=GENERATOR_VERSION):
     union = np.zeros((size, size), bool)
     parts = np.zeros((size, size), bool)
     for index in range(count):
+        # version 4 draws, per object, whether the frame cuts it (whole_objects keeps the draw, ignores it)
+        truncated = version >= 4 and bool(rng.uniform() < TRUNCATED_PROB) and not whole_objects
         for _ in range(PLACEMENT_TRIES if index else 1):
-            geometry = sample(rng, size, semi_axes)
-            body, part, radius = object_masks(geometry, size)
+            if truncated:
+                geometry, body, part, radius = _cut_by_frame(rng, size, semi_axes)
+            else:
+                geometry = sample(rng, size, semi_axes)
+                body, part, radius = object_masks(geometry, size)
             if index == 0 or _fits(body, union, parts, placed):
                 placed.append((geometry, body, part, radius))
                 union |= body
                 parts |= part
                 break
     return placed
+
+
+def _cut_by_frame(rng, size, semi_axes):
+    """An object cut by the image frame, with ``TRUNCATED_VISIBLE`` of its body area in view (redrawn until
+    it is; after ``TRUNCATION_TRIES`` failures, a whole object)."""
+    for _ in range(TRUNCATION_TRIES):
+        geometry = sample_geometry_v2(rng, size, semi_axes, truncated=True)
+        body, part, radius = object_masks(geometry, size)
+        visible = body.sum() / (math.pi * geometry["axes"][0] * geometry["axes"][1])
+        if TRUNCATED_VISIBLE[0] <= visible <= TRUNCATED_VISIBLE[1]:
+            return geometry, body, part, radius
+    geometry = sample_geometry_v2(rng, size, semi_axes)
+    return (geometry, *object_masks(geometry, size))
 
 
 def _fits(body, union, parts, placed):
@@ -437,12 +472,14 @@ def _add_false_blob(rng, strength, union):
 # One image
 
 
-def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, draw=("body", "part"), count=None):
+def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, draw=("body", "part"), count=None,
+                  whole_objects=False):
     """Everything for image ``index``: RGB image, label map, part mask, saliency map and its object classes.
 
     For measuring how much class evidence each region carries (:mod:`utils.demo.evidence`), ``draw`` can
     leave one out: without ``"part"`` the part is painted as body; without ``"body"`` the body takes version
-    1's class-free colour. ``count`` fixes the number of objects. Every other draw stays the same.
+    1's class-free colour. ``count`` fixes the number of objects, ``whole_objects`` keeps version 4's objects
+    inside the frame. Every other draw stays the same.
     """
     rng = _image_rng(seed, index)
     drawn_count = int(rng.choice(len(OBJECT_COUNT_PROBS), p=OBJECT_COUNT_PROBS)) + 1
@@ -451,7 +488,7 @@ def render_sample(seed, index, first_class, size, version=GENERATOR_VERSION, dra
     image = render_background(rng, size, version)
     label = np.zeros((size, size), np.uint8)
     parts = np.zeros((size, size), np.uint8)
-    placed = place_objects(rng, size, count, version)
+    placed = place_objects(rng, size, count, version, whole_objects)
     classes = classes[: len(placed)]  # objects that found no room are dropped
     if version == 1 and set(draw) != {"body", "part"}:
         raise ValueError("leaving out a region's evidence needs generator version 2 or later")
@@ -651,6 +688,8 @@ def generate(out_dir, seed=0, num_train_aug=400, num_train=100, num_val=100, siz
         "part_patterns": {CLASS_NAMES[c]: PART_STYLES[c][0] for c in DEMO_CLASSES},
         "body_hue_windows": ({CLASS_NAMES[c]: [round(h, 4) for h in body_hue_window(c, version)] for c in DEMO_CLASSES}
                              if version > 1 else None),
+        "cut_by_frame": ({"probability": TRUNCATED_PROB, "visible_share": list(TRUNCATED_VISIBLE)}
+                         if version >= 4 else None),
         "images_per_class": images_per_class,
         "part_values": {"background": 0, "body": BODY, "part": PART},
     }
@@ -669,9 +708,10 @@ def main(argv=None):
                         help=f"square image side in px (>= {MIN_SIZE}; default {DEFAULT_SIZE[GENERATOR_VERSION]}, "
                              f"version 1: {DEFAULT_SIZE[1]})")
     parser.add_argument("--version", type=int, default=GENERATOR_VERSION, choices=VERSIONS,
-                        help="3: large bodies with weaker, overlapping class evidence than their part (default); "
-                             "2: the same with thinner bodies and weaker body evidence; 1: the first demo, whose "
-                             "bodies carry none (2 and 1 kept for the record, docs/demo.md)")
+                        help="4: large bodies with weaker, overlapping class evidence than their part, some cut "
+                             "by the frame (default); 3: the same, every object whole; 2: thinner bodies with "
+                             "weaker evidence; 1: the first demo, whose bodies carry none (1-3 kept for the "
+                             "record, docs/demo.md)")
     parser.add_argument("--hue-labels", action="store_true",
                         help="add each body's hue bin (12 bins, as VOC ids the demo classes leave free) to the "
                              "image-level lists: a richer pretext for a stand-in pre-training set (docs/demo.md)")

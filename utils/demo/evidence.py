@@ -1,11 +1,11 @@
 """How much class evidence each region of a demo object carries: the demo's evidence gradient, measured.
 
-The demo data (:mod:`utils.demo.data`, version 3) is built so that an object's small part names its class
+The demo data (:mod:`utils.demo.data`, version 4) is built so that an object's small part names its class
 for certain while its large body only hints at it (a body hue shared with the neighbouring classes), and the
 background says nothing. This module checks that claim instead of asserting it: it renders single-object
 images twice, once with the part's evidence only (a class-free body colour) and once with the body's only
 (the part painted as body), trains the same small CNN on each, and reports its held-out accuracy among the
-six classes (chance 16.7 %).
+six classes (chance 16.7 %). The objects are whole (no frame cuts), so each region is always in view.
 
     python -m utils.demo.evidence --out outputs/demo/evidence
 
@@ -34,7 +34,8 @@ def render_set(seed, first_index, count, size, draw):
     images, targets = [], []
     for k in range(count):
         class_index = k % len(DEMO_CLASSES)
-        sample = render_sample(seed, first_index + k, DEMO_CLASSES[class_index], size, draw=draw, count=1)
+        sample = render_sample(seed, first_index + k, DEMO_CLASSES[class_index], size, draw=draw, count=1,
+                               whole_objects=True)
         images.append(sample["image"])
         targets.append(class_index)
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
