@@ -6,8 +6,8 @@ rest of an object carries weaker evidence that a classifier pushed off the part 
 every object (version 4, the default) is
 
 * a LARGE, elongated body: a wobbly, mottled ellipse about 116 x 54 px in a 160 px image (15 x 7 cells of a
-  stride-8 feature map; objects cover about a fifth of the pixels) whose colour is a saturated hue drawn from
-  a window of its class; the windows of neighbouring classes overlap, so the body hints at its class (a probe
+  stride-8 feature map; whole objects cover about a fifth of the pixels) whose colour is a saturated hue drawn
+  from a window of its class; the windows of neighbouring classes overlap, so the body hints at its class (a probe
   CNN names it about half the time, chance 1/6: ``utils.demo.evidence`` measures it) without deciding it, and
 * a SMALL discriminative part at one end of the body (10-15 % of the object area, like a head on a torso)
   with a class-specific colour AND pattern (stripes, checker, dots, rings, cross, triangle), which names the
