@@ -9,7 +9,7 @@
 # Options: --voc-root DIR, --out DIR (default outputs/demo or outputs/voc),
 #          --cls-checkpoint CKPT (skip stage-1 training), --refine-checkpoint CKPT (skip stages 1-2),
 #          --seg none|v2|v3p|v2,v3p (segmentation networks trained on the pseudo labels, evaluated on val;
-#                demo default v2; v2,v3p adds DeepLab-V3+, about 10 more CPU minutes),
+#                demo default v2; v2,v3p adds DeepLab-V3+, about 20 more CPU minutes),
 #          --device auto|cpu|cuda, --gpus N (torchrun processes for training).
 #          VOC only: --fetch (first download what the chosen stages read: python -m utils.assets),
 #                    --released checkpoints|labels|deeplab (the authors' files instead of our stages:
