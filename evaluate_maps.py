@@ -120,8 +120,9 @@ def write_report(results, out_dir, name):
             lines += [f"Labelled right (DRS protocol): part {100 * right['part']:.1f} %, body "
                       f"{100 * right['body']:.1f} %, background {100 * right['background']:.1f} %", ""]
     if "suppression" in results:
-        lines += ["DRS suppression at the test size (g: the learned gate or the fixed delta, mean over images and "
-                  "channels; clipped: share of positive activations above g times their channel's peak):", "",
+        lines += ["DRS suppression over the forward passes above, the test size and every CAM scale (g: the "
+                  "learned gate or the fixed delta, mean over images and channels; clipped: share of positive "
+                  "activations above g times their channel's peak):", "",
                   "| layer | g | clipped |", "|---|---|---|"]
         lines += [f"| {s['layer']} | {s['ratio']:.3f} | {100 * s['clipped']:.1f} % |" for s in results["suppression"]]
         lines += [""]

@@ -110,7 +110,8 @@ SEMI_AXES[4] = SEMI_AXES[3]
 # spacings, every hue shared by two or three classes; the probe names a body 38-42 % of the time). Version 3:
 # 0.15 (0.9 spacings, one or two classes; 53 %), the middle of the range the demo aims at (well above chance,
 # well below the part: 40-70 %). Chance is 1/6 in both.
-BODY_HUE_HALF_WIDTH = {2: 0.22, 3: 0.15, 4: 0.15}
+BODY_HUE_HALF_WIDTH = {2: 0.22, 3: 0.15}
+BODY_HUE_HALF_WIDTH[4] = BODY_HUE_HALF_WIDTH[3]
 # Version 4: version 3's objects, some cut by the image frame, as photographs cut many objects (VOC marks them
 # 'truncated'): with this probability an object is placed so that only part of its body is in view, and its
 # part may be out of view. Versions 1-3 keep every object whole.
