@@ -123,6 +123,13 @@ def test_a_config_file_that_is_not_yaml_names_its_line(parity_voc, tmp_path, cap
     assert "broken.yaml is not valid YAML (line" in err
 
 
+def test_a_config_key_given_twice_is_refused(parity_voc, tmp_path, capsys):
+    config = tmp_path / "twice.yaml"
+    config.write_text("base: " + str(REPO / "configs" / "cls_voc.yaml") + "\ntrain:\n  lr: 0.1\n  lr: 0.2\n")
+    err = refused("train_cls.py", ["--config", config, "--voc-root", parity_voc, "--out", tmp_path / "run"], capsys)
+    assert "twice.yaml is not valid YAML (line 4" in err and "'lr' is given twice" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_refused(parity_voc, tmp_path, capsys):
     err = refused("DeepLabV3Plus-Pytorch/main.py", ["--voc-root", parity_voc, "--out", tmp_path / "run",
