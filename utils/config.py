@@ -24,11 +24,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # PyYAML's own check reports an unhashable key
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _parse(text):
+    """YAML text to Python values, refusing repeated keys (config files and --set values alike)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def merge(base, override):
@@ -46,7 +55,7 @@ def load(path, overrides=()):
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        config = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        config = _parse(path.read_text()) or {}
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
@@ -77,7 +86,7 @@ def set_value(config, assignment):
     if keys[-1] not in node:
         raise ConfigError(f"unknown config key {dotted!r} (known here: {', '.join(sorted(node))})")
     try:
-        value = yaml.safe_load(raw)
+        value = _parse(raw)
     except yaml.YAMLError:
         raise ConfigError(f"--set {assignment}: the value is not valid YAML") from None
     old = node[keys[-1]]
